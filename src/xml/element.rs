@@ -1,0 +1,1005 @@
+//! Small parsers over the bytes of one frame, and the few snippets xmpptap writes itself.
+//!
+//! The session uses these to learn what it must know about a frame the [`super::framer`] has cut: who a stream
+//! header is from and to and which namespaces it declares ([`StreamHeader`]), what a top-level element is
+//! ([`ElementHead`]), what a `<stream:features>` offers ([`Features`]), what a dialback element says
+//! ([`Dialback`]) and why a peer ended a stream ([`StreamError`]). Attribute values and text come back
+//! unescaped. Prefixes inside a frame resolve through the frame's own `xmlns` declarations, then through those
+//! of the stream header.
+//!
+//! It does not own framing, well-formedness limits (the framer has checked those before a frame gets here) or
+//! forwarding: these parsers read copies of facts out of the original bytes, which are forwarded untouched.
+//! Writing stanzas back is for rules that change them. The only bytes made here are a stream error
+//! ([`stream_error`]) and a stream header to send before it ([`reply_header`]).
+
+use quick_xml::escape::{escape, resolve_predefined_entity};
+use quick_xml::events::attributes::{AttrError, Attribute};
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::name::{Namespace, NamespaceError, PrefixDeclaration, ResolveResult};
+use quick_xml::{NsReader, XmlVersion};
+
+/// The stream namespace (RFC 6120 4.8.1), of `<stream:stream>`, `<stream:features>`, `<stream:error>`.
+pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+/// Content namespace of server-to-server streams.
+pub const NS_SERVER: &str = "jabber:server";
+/// Content namespace of client-to-server streams.
+pub const NS_CLIENT: &str = "jabber:client";
+/// STARTTLS (RFC 6120 5): `<starttls>`, `<proceed>`, `<failure>`.
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+/// SASL (RFC 6120 6): `<mechanisms>`, `<auth>`, `<success>`, ...
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+/// Server Dialback elements (XEP-0220): `<db:result>`, `<db:verify>`; declared on a stream header, it
+/// announces dialback support.
+pub const NS_DIALBACK: &str = "jabber:server:dialback";
+/// The dialback stream feature (XEP-0220 2.4), `<dialback><errors/></dialback>`.
+pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+/// Stream error conditions (RFC 6120 4.9.3).
+pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+/// Stanza error conditions (RFC 6120 8.3.3), also used inside dialback errors.
+pub const NS_STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+/// Bidirectional server-to-server connections (XEP-0288) feature.
+pub const NS_BIDI: &str = "urn:xmpp:features:bidi";
+/// Stream management (XEP-0198) version 3.
+pub const NS_SM: &str = "urn:xmpp:sm:3";
+/// Stream compression (XEP-0138) feature.
+pub const NS_COMPRESSION_FEATURE: &str = "http://jabber.org/features/compress";
+/// The namespace bound to the `xml` prefix (`xml:lang`).
+pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// Why a frame could not be read. The framer has already checked well-formedness, so for framed bytes these
+/// mean "not the element expected" or "not namespace-well-formed".
+#[derive(Debug, thiserror::Error)]
+pub enum ElementError {
+    /// quick-xml could not read the bytes.
+    #[error("malformed XML")]
+    Xml(#[from] quick_xml::Error),
+    /// A malformed attribute list.
+    #[error("malformed attribute")]
+    Attribute(#[from] AttrError),
+    /// A namespace declaration quick-xml refused (e.g. rebinding `xml`).
+    #[error("invalid namespace declaration")]
+    Namespace(#[from] NamespaceError),
+    /// The bytes hold no start tag.
+    #[error("no element found")]
+    NoElement,
+    /// The element ends before its end tag.
+    #[error("element not closed")]
+    Unclosed,
+    /// A prefix bound neither in the element nor on the stream header.
+    #[error("namespace prefix {0:?} is not declared")]
+    UndeclaredPrefix(String),
+    /// Not the element this parser reads.
+    #[error("expected {expected}, found <{found}>")]
+    Unexpected {
+        /// What the parser reads, e.g. `<stream:features>`.
+        expected: &'static str,
+        /// The element's name as written.
+        found: String,
+    },
+    /// A stream header whose element is not in [`NS_STREAM`]; answer with `invalid-namespace`.
+    #[error("stream element in namespace {found:?}, expected {NS_STREAM}")]
+    StreamNamespace {
+        /// The namespace found, if any.
+        found: Option<String>,
+    },
+    /// A reference to an entity other than the five predefined ones.
+    #[error("unknown entity &{0};")]
+    UnknownEntity(String),
+    /// A required child is missing.
+    #[error("missing {0}")]
+    Missing(&'static str),
+}
+
+/// What a stream header says.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct StreamHeader {
+    /// The element's name as written, e.g. `stream:stream`.
+    pub qname: String,
+    /// Its prefix, e.g. `stream`.
+    pub prefix: Option<String>,
+    /// The default (content) namespace: `jabber:server` or `jabber:client`.
+    pub default_ns: Option<String>,
+    /// `from`.
+    pub from: Option<String>,
+    /// `to`.
+    pub to: Option<String>,
+    /// `id`: the stream id, which dialback keys depend on.
+    pub id: Option<String>,
+    /// `version`, `1.0` for RFC 6120 streams.
+    pub version: Option<String>,
+    /// `xml:lang`.
+    pub lang: Option<String>,
+    /// Whether [`NS_DIALBACK`] is declared (usually `xmlns:db`): support for dialback (XEP-0220 2.4).
+    pub dialback_ns: bool,
+    /// Every prefixed namespace declaration, in order: (prefix, URI).
+    pub namespaces: Vec<(String, String)>,
+}
+
+impl StreamHeader {
+    /// Parses a stream header start tag (a StreamOpen frame's `head` bytes; an XML declaration before it is
+    /// skipped). Fails unless the element is `stream` in [`NS_STREAM`].
+    pub fn parse(tag: &[u8]) -> Result<Self, ElementError> {
+        let mut reader = NsReader::from_reader(tag);
+        let start = first_element(&mut reader)?.tag;
+        let name = start.name();
+        let mut header = StreamHeader {
+            qname: name.0.to_owned(),
+            prefix: name.prefix().map(|p| p.into_inner().to_owned()),
+            ..StreamHeader::default()
+        };
+        for attribute in start.attributes() {
+            let attribute = attribute?;
+            let value = value(&attribute)?;
+            match attribute.key.0 {
+                "xmlns" => header.default_ns = Some(value),
+                "from" => header.from = Some(value),
+                "to" => header.to = Some(value),
+                "id" => header.id = Some(value),
+                "version" => header.version = Some(value),
+                "xml:lang" => header.lang = Some(value),
+                key => {
+                    if let Some(prefix) = key.strip_prefix("xmlns:") {
+                        header.namespaces.push((prefix.to_owned(), value));
+                    }
+                }
+            }
+        }
+        header.dialback_ns = header.namespaces.iter().any(|(_, uri)| uri == NS_DIALBACK);
+        if name.local_name().into_inner() != "stream" {
+            return Err(ElementError::Unexpected {
+                expected: "<stream:stream>",
+                found: header.qname,
+            });
+        }
+        let ns = header.resolve(header.prefix.as_deref());
+        if ns != Some(NS_STREAM) {
+            return Err(ElementError::StreamNamespace {
+                found: ns.map(str::to_owned),
+            });
+        }
+        Ok(header)
+    }
+
+    /// The namespace a prefix (or, for `None`, the default namespace) has on this stream.
+    pub fn resolve(&self, prefix: Option<&str>) -> Option<&str> {
+        match prefix {
+            None => self.default_ns.as_deref(),
+            Some("xml") => Some(NS_XML),
+            Some(prefix) => self
+                .namespaces
+                .iter()
+                .rev()
+                .find(|(p, _)| p == prefix)
+                .map(|(_, uri)| uri.as_str()),
+        }
+    }
+
+    /// The prefix this stream binds to `uri`, if any (e.g. `db` for [`NS_DIALBACK`]).
+    pub fn prefix_for(&self, uri: &str) -> Option<&str> {
+        self.namespaces
+            .iter()
+            .rev()
+            .find(|(_, u)| u == uri)
+            .map(|(p, _)| p.as_str())
+    }
+}
+
+/// The start tag of a top-level element: enough to log it and route it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ElementHead {
+    /// The name as written, e.g. `db:result`.
+    pub name: String,
+    /// The local name, e.g. `result`.
+    pub local: String,
+    /// The namespace, resolved through the element's own declarations, then the stream header's.
+    pub ns: Option<String>,
+    /// The `type` attribute.
+    pub kind: Option<String>,
+    /// `id`.
+    pub id: Option<String>,
+    /// `from`.
+    pub from: Option<String>,
+    /// `to`.
+    pub to: Option<String>,
+}
+
+impl ElementHead {
+    /// Parses the start tag at the front of `tag` (a Stanza frame's `head` bytes, or the whole frame).
+    pub fn parse(tag: &[u8], stream: &StreamHeader) -> Result<Self, ElementError> {
+        let mut reader = ns_reader(tag, Some(stream))?;
+        let Root { tag: start, ns, .. } = first_element(&mut reader)?;
+        let name = start.name();
+        let mut head = ElementHead {
+            name: name.0.to_owned(),
+            local: name.local_name().into_inner().to_owned(),
+            ns,
+            kind: None,
+            id: None,
+            from: None,
+            to: None,
+        };
+        for attribute in start.attributes() {
+            let attribute = attribute?;
+            match attribute.key.0 {
+                "type" => head.kind = Some(value(&attribute)?),
+                "id" => head.id = Some(value(&attribute)?),
+                "from" => head.from = Some(value(&attribute)?),
+                "to" => head.to = Some(value(&attribute)?),
+                _ => {}
+            }
+        }
+        Ok(head)
+    }
+
+    /// Whether this element is `local` in namespace `ns`.
+    pub fn is(&self, ns: &str, local: &str) -> bool {
+        self.local == local && self.ns.as_deref() == Some(ns)
+    }
+}
+
+/// What a `<stream:features>` element offers.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct Features {
+    /// `<starttls>`: `Some(required)`.
+    pub starttls: Option<bool>,
+    /// SASL mechanisms, in order.
+    pub mechanisms: Vec<String>,
+    /// `<dialback xmlns='urn:xmpp:features:dialback'>`.
+    pub dialback: bool,
+    /// `<errors/>` inside it: dialback errors are supported.
+    pub dialback_errors: bool,
+    /// `<bidi xmlns='urn:xmpp:features:bidi'/>` (XEP-0288).
+    pub bidi: bool,
+    /// `<sm xmlns='urn:xmpp:sm:3'/>` (XEP-0198).
+    pub sm: bool,
+    /// Stream compression methods (XEP-0138).
+    pub compression: Vec<String>,
+    /// Every other feature, as `{namespace}local`.
+    pub other: Vec<String>,
+}
+
+/// The feature child being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FeatureChild {
+    StartTls,
+    Mechanisms,
+    Dialback,
+    Compression,
+    Ignored,
+}
+
+impl Features {
+    /// Parses a whole `<stream:features>` element.
+    pub fn parse(frame: &[u8]) -> Result<Self, ElementError> {
+        let mut reader = ns_reader(frame, None)?;
+        let Root {
+            tag: root, empty, ..
+        } = first_element(&mut reader)?;
+        if root.local_name().into_inner() != "features" {
+            return Err(ElementError::Unexpected {
+                expected: "<stream:features>",
+                found: root.name().0.to_owned(),
+            });
+        }
+        let mut features = Features::default();
+        if empty {
+            return Ok(features);
+        }
+        // Depth of open elements: the features element is 1, features are 2, their children 3.
+        let mut depth = 1usize;
+        let mut child = FeatureChild::Ignored;
+        let mut collecting: Option<String> = None;
+        loop {
+            let (ns, event) = reader.read_resolved_event()?;
+            let ns = bound(&ns);
+            match event {
+                Event::Start(ref tag) | Event::Empty(ref tag) => {
+                    let local = tag.local_name().into_inner();
+                    if depth == 1 {
+                        child = match (ns.unwrap_or(""), local) {
+                            (NS_TLS, "starttls") => {
+                                features.starttls = Some(false);
+                                FeatureChild::StartTls
+                            }
+                            (NS_SASL, "mechanisms") => FeatureChild::Mechanisms,
+                            (NS_DIALBACK_FEATURE, "dialback") => {
+                                features.dialback = true;
+                                FeatureChild::Dialback
+                            }
+                            (NS_COMPRESSION_FEATURE, "compression") => FeatureChild::Compression,
+                            (NS_BIDI, "bidi") => {
+                                features.bidi = true;
+                                FeatureChild::Ignored
+                            }
+                            (NS_SM, "sm") => {
+                                features.sm = true;
+                                FeatureChild::Ignored
+                            }
+                            (ns, local) => {
+                                features.other.push(format!("{{{ns}}}{local}"));
+                                FeatureChild::Ignored
+                            }
+                        };
+                    } else if depth == 2 {
+                        match (child, local) {
+                            (FeatureChild::StartTls, "required") => features.starttls = Some(true),
+                            (FeatureChild::Dialback, "errors") => features.dialback_errors = true,
+                            (FeatureChild::Mechanisms, "mechanism")
+                            | (FeatureChild::Compression, "method")
+                                if matches!(event, Event::Start(_)) =>
+                            {
+                                collecting = Some(String::new());
+                            }
+                            _ => {}
+                        }
+                    }
+                    if matches!(event, Event::Start(_)) {
+                        depth += 1;
+                    }
+                }
+                Event::Text(ref text) if depth == 3 => {
+                    if let Some(buf) = collecting.as_mut() {
+                        buf.push_str(&text.xml10_content());
+                    }
+                }
+                Event::GeneralRef(ref reference) if depth == 3 => {
+                    if let Some(buf) = collecting.as_mut() {
+                        push_reference(buf, reference)?;
+                    }
+                }
+                Event::CData(ref cdata) if depth == 3 => {
+                    if let Some(buf) = collecting.as_mut() {
+                        buf.push_str(&cdata.xml10_content());
+                    }
+                }
+                Event::End(_) => {
+                    depth -= 1;
+                    match depth {
+                        0 => return Ok(features),
+                        2 => {
+                            if let Some(value) = collecting.take() {
+                                let value = value.trim().to_owned();
+                                match child {
+                                    FeatureChild::Mechanisms => features.mechanisms.push(value),
+                                    FeatureChild::Compression => features.compression.push(value),
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Event::Eof => return Err(ElementError::Unclosed),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A Server Dialback element (XEP-0220): `<db:result>` or `<db:verify>`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Dialback {
+    /// `<db:verify>` rather than `<db:result>`.
+    pub verify: bool,
+    /// `from`.
+    pub from: Option<String>,
+    /// `to`.
+    pub to: Option<String>,
+    /// `id`: on `<db:verify>`, the stream id the key was computed over.
+    pub id: Option<String>,
+    /// `type`: `valid`, `invalid` or `error`; `None` for a request.
+    pub kind: Option<String>,
+    /// Whether the element carries a key (non-blank text).
+    pub has_key: bool,
+    /// For `type='error'`: the condition inside `<error>`, e.g. `item-not-found`.
+    pub error_condition: Option<String>,
+}
+
+impl Dialback {
+    /// Parses a whole `<db:result>` or `<db:verify>` element; its prefix resolves through `stream`'s
+    /// declarations.
+    pub fn parse(frame: &[u8], stream: &StreamHeader) -> Result<Self, ElementError> {
+        let mut reader = ns_reader(frame, Some(stream))?;
+        let Root {
+            tag: root,
+            ns,
+            empty,
+        } = first_element(&mut reader)?;
+        let verify = match (ns.as_deref(), root.local_name().into_inner()) {
+            (Some(NS_DIALBACK), "result") => false,
+            (Some(NS_DIALBACK), "verify") => true,
+            _ => {
+                return Err(ElementError::Unexpected {
+                    expected: "<db:result> or <db:verify>",
+                    found: root.name().0.to_owned(),
+                })
+            }
+        };
+        let mut dialback = Dialback {
+            verify,
+            from: None,
+            to: None,
+            id: None,
+            kind: None,
+            has_key: false,
+            error_condition: None,
+        };
+        for attribute in root.attributes() {
+            let attribute = attribute?;
+            match attribute.key.0 {
+                "type" => dialback.kind = Some(value(&attribute)?),
+                "id" => dialback.id = Some(value(&attribute)?),
+                "from" => dialback.from = Some(value(&attribute)?),
+                "to" => dialback.to = Some(value(&attribute)?),
+                _ => {}
+            }
+        }
+        if empty {
+            return Ok(dialback);
+        }
+        // The dialback element is depth 1, `<error>` depth 2, its condition depth 3.
+        let mut depth = 1usize;
+        let mut in_error = false;
+        loop {
+            let (_, event) = reader.read_resolved_event()?;
+            match event {
+                Event::Text(ref text) if depth == 1 => {
+                    dialback.has_key |= !text.xml10_content().trim().is_empty();
+                }
+                Event::GeneralRef(_) | Event::CData(_) if depth == 1 => dialback.has_key = true,
+                Event::Start(ref tag) | Event::Empty(ref tag) => {
+                    let local = tag.local_name().into_inner();
+                    if depth == 1 && local == "error" {
+                        in_error = matches!(event, Event::Start(_));
+                    } else if depth == 2
+                        && in_error
+                        && local != "text"
+                        && dialback.error_condition.is_none()
+                    {
+                        dialback.error_condition = Some(local.to_owned());
+                    }
+                    if matches!(event, Event::Start(_)) {
+                        depth += 1;
+                    }
+                }
+                Event::End(_) => {
+                    depth -= 1;
+                    if depth == 1 {
+                        in_error = false;
+                    }
+                    if depth == 0 {
+                        return Ok(dialback);
+                    }
+                }
+                Event::Eof => return Err(ElementError::Unclosed),
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether this is a request (no `type`), as opposed to an answer.
+    pub fn is_request(&self) -> bool {
+        self.kind.is_none()
+    }
+}
+
+/// A `<stream:error>` (RFC 6120 4.9).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StreamError {
+    /// The defined condition, e.g. `host-unknown`.
+    pub condition: String,
+    /// The human-readable `<text>`, if any.
+    pub text: Option<String>,
+}
+
+impl StreamError {
+    /// Parses a whole `<stream:error>` element.
+    pub fn parse(frame: &[u8]) -> Result<Self, ElementError> {
+        let mut reader = ns_reader(frame, None)?;
+        let Root {
+            tag: root, empty, ..
+        } = first_element(&mut reader)?;
+        if root.local_name().into_inner() != "error" {
+            return Err(ElementError::Unexpected {
+                expected: "<stream:error>",
+                found: root.name().0.to_owned(),
+            });
+        }
+        if empty {
+            return Err(ElementError::Missing("stream error condition"));
+        }
+        let mut condition = None;
+        let mut text: Option<String> = None;
+        let mut in_text = false;
+        let mut depth = 1usize;
+        loop {
+            let (ns, event) = reader.read_resolved_event()?;
+            let in_streams_ns = bound(&ns) == Some(NS_STREAM_ERRORS);
+            match event {
+                Event::Start(ref tag) | Event::Empty(ref tag) => {
+                    let local = tag.local_name().into_inner();
+                    if depth == 1 && in_streams_ns {
+                        if local == "text" {
+                            text.get_or_insert_with(String::new);
+                            in_text = matches!(event, Event::Start(_));
+                        } else if condition.is_none() {
+                            condition = Some(local.to_owned());
+                        }
+                    }
+                    if matches!(event, Event::Start(_)) {
+                        depth += 1;
+                    }
+                }
+                Event::Text(ref t) if in_text && depth == 2 => {
+                    if let Some(buf) = text.as_mut() {
+                        buf.push_str(&t.xml10_content());
+                    }
+                }
+                Event::GeneralRef(ref reference) if in_text && depth == 2 => {
+                    if let Some(buf) = text.as_mut() {
+                        push_reference(buf, reference)?;
+                    }
+                }
+                Event::CData(ref cdata) if in_text && depth == 2 => {
+                    if let Some(buf) = text.as_mut() {
+                        buf.push_str(&cdata.xml10_content());
+                    }
+                }
+                Event::End(_) => {
+                    depth -= 1;
+                    in_text = false;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Event::Eof => return Err(ElementError::Unclosed),
+                _ => {}
+            }
+        }
+        let condition = condition.ok_or(ElementError::Missing("stream error condition"))?;
+        Ok(StreamError { condition, text })
+    }
+}
+
+/// The bytes xmpptap sends when it must end a stream on its own: `<stream:error>` with `condition` (an RFC 6120
+/// 4.9.3 condition name; anything that is not a plain name becomes `undefined-condition`) and the optional
+/// `text`, escaped, followed by `</stream:stream>`.
+pub fn stream_error(condition: &str, text: Option<&str>) -> Vec<u8> {
+    let plain = !condition.is_empty()
+        && condition
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-');
+    debug_assert!(plain, "not a stream error condition: {condition:?}");
+    let condition = if plain {
+        condition
+    } else {
+        "undefined-condition"
+    };
+    let mut out = String::with_capacity(160);
+    out.push_str("<stream:error><");
+    out.push_str(condition);
+    out.push_str(" xmlns='");
+    out.push_str(NS_STREAM_ERRORS);
+    out.push_str("'/>");
+    if let Some(text) = text {
+        out.push_str("<text xmlns='");
+        out.push_str(NS_STREAM_ERRORS);
+        out.push_str("'>");
+        out.push_str(&escape(text));
+        out.push_str("</text>");
+    }
+    out.push_str("</stream:error></stream:stream>");
+    out.into_bytes()
+}
+
+/// A stream header xmpptap sends itself before a stream error when it could not get one from upstream
+/// (RFC 6120 4.9.1.2: the receiving entity must open a stream before sending an error): an XML declaration,
+/// then `<stream:stream>` with `from`/`to` swapped from the initiator's header, its default namespace and
+/// `xml:lang` copied, `version='1.0'`, the given `id`, `xmlns:stream`, and `xmlns:db` if the initiator
+/// declared dialback.
+pub fn reply_header(initiator: &StreamHeader, id: &str) -> Vec<u8> {
+    let mut out = String::with_capacity(256);
+    out.push_str("<?xml version='1.0'?><stream:stream");
+    let mut attribute = |name: &str, value: &str| {
+        out.push(' ');
+        out.push_str(name);
+        out.push_str("='");
+        out.push_str(&escape(value));
+        out.push('\'');
+    };
+    if let Some(ns) = &initiator.default_ns {
+        attribute("xmlns", ns);
+    }
+    attribute("xmlns:stream", NS_STREAM);
+    if initiator.dialback_ns {
+        attribute("xmlns:db", NS_DIALBACK);
+    }
+    if let Some(from) = &initiator.to {
+        attribute("from", from);
+    }
+    if let Some(to) = &initiator.from {
+        attribute("to", to);
+    }
+    attribute("id", id);
+    attribute("version", "1.0");
+    if let Some(lang) = &initiator.lang {
+        attribute("xml:lang", lang);
+    }
+    out.push('>');
+    out.into_bytes()
+}
+
+/// A namespace-aware reader over `bytes`, with the stream header's bindings in scope.
+fn ns_reader<'a>(
+    bytes: &'a [u8],
+    stream: Option<&StreamHeader>,
+) -> Result<NsReader<&'a [u8]>, ElementError> {
+    let mut reader = NsReader::from_reader(bytes);
+    if let Some(stream) = stream {
+        let resolver = reader.resolver_mut();
+        if let Some(ns) = &stream.default_ns {
+            resolver.add(PrefixDeclaration::Default, Namespace(ns))?;
+        }
+        for (prefix, uri) in &stream.namespaces {
+            resolver.add(PrefixDeclaration::Named(prefix), Namespace(uri))?;
+        }
+    }
+    Ok(reader)
+}
+
+/// The first element of a frame.
+struct Root<'a> {
+    tag: BytesStart<'a>,
+    /// Its resolved namespace.
+    ns: Option<String>,
+    /// Whether it is an empty-element tag, with no content to read.
+    empty: bool,
+}
+
+/// Reads up to the first start (or empty-element) tag, skipping an XML declaration and whitespace.
+fn first_element<'a>(reader: &mut NsReader<&'a [u8]>) -> Result<Root<'a>, ElementError> {
+    loop {
+        let (ns, event) = reader.read_resolved_event()?;
+        let ns = match &ns {
+            ResolveResult::Bound(ns) => Some(ns.0.to_owned()),
+            ResolveResult::Unbound => None,
+            ResolveResult::Unknown(prefix) => {
+                // `stream:` on a features or error element need not be declared inside the frame.
+                if prefix == "stream" {
+                    None
+                } else {
+                    return Err(ElementError::UndeclaredPrefix(prefix.clone()));
+                }
+            }
+        };
+        match event {
+            Event::Start(tag) => {
+                return Ok(Root {
+                    tag,
+                    ns,
+                    empty: false,
+                })
+            }
+            Event::Empty(tag) => {
+                return Ok(Root {
+                    tag,
+                    ns,
+                    empty: true,
+                })
+            }
+            Event::Eof => return Err(ElementError::NoElement),
+            _ => {}
+        }
+    }
+}
+
+fn bound<'n>(ns: &'n ResolveResult<'_>) -> Option<&'n str> {
+    match ns {
+        ResolveResult::Bound(ns) => Some(ns.0),
+        _ => None,
+    }
+}
+
+/// An attribute's value, unescaped and normalized (XML 1.0 3.3.3).
+fn value(attribute: &Attribute<'_>) -> Result<String, ElementError> {
+    Ok(attribute
+        .normalized_value(XmlVersion::Implicit1_0)?
+        .into_owned())
+}
+
+/// Appends the character a reference in text stands for.
+fn push_reference(buf: &mut String, reference: &BytesRef<'_>) -> Result<(), ElementError> {
+    if let Some(c) = reference.resolve_char_ref()? {
+        buf.push(c);
+    } else if let Some(s) = resolve_predefined_entity(reference) {
+        buf.push_str(s);
+    } else {
+        return Err(ElementError::UnknownEntity(reference.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROSODY_HEADER: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
+        xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='b.example' to='a.example' \
+        id='3a5e0c79-44e1-4b59-8e39-1c6e0f1d3d5f' xml:lang='en'>";
+
+    fn header() -> StreamHeader {
+        StreamHeader::parse(PROSODY_HEADER).expect("header")
+    }
+
+    #[test]
+    fn stream_header() {
+        let h = header();
+        assert_eq!(h.qname, "stream:stream");
+        assert_eq!(h.prefix.as_deref(), Some("stream"));
+        assert_eq!(h.default_ns.as_deref(), Some(NS_SERVER));
+        assert_eq!(h.from.as_deref(), Some("b.example"));
+        assert_eq!(h.to.as_deref(), Some("a.example"));
+        assert_eq!(
+            h.id.as_deref(),
+            Some("3a5e0c79-44e1-4b59-8e39-1c6e0f1d3d5f")
+        );
+        assert_eq!(h.version.as_deref(), Some("1.0"));
+        assert_eq!(h.lang.as_deref(), Some("en"));
+        assert!(h.dialback_ns);
+        assert_eq!(
+            h.namespaces,
+            [
+                ("db".to_owned(), NS_DIALBACK.to_owned()),
+                ("stream".to_owned(), NS_STREAM.to_owned())
+            ]
+        );
+        assert_eq!(h.resolve(Some("db")), Some(NS_DIALBACK));
+        assert_eq!(h.prefix_for(NS_DIALBACK), Some("db"));
+    }
+
+    #[test]
+    fn stream_header_variants() {
+        // With an XML declaration, double quotes, escapes, another prefix, no dialback.
+        let h = StreamHeader::parse(
+            b"<?xml version='1.0'?><s:stream xmlns:s=\"http://etherx.jabber.org/streams\" \
+              xmlns=\"jabber:client\" to=\"a&amp;b.example\">",
+        )
+        .expect("header");
+        assert_eq!(
+            (h.qname.as_str(), h.prefix.as_deref()),
+            ("s:stream", Some("s"))
+        );
+        assert_eq!(h.default_ns.as_deref(), Some(NS_CLIENT));
+        assert_eq!(h.to.as_deref(), Some("a&b.example"));
+        assert!(!h.dialback_ns);
+        assert!(matches!(
+            StreamHeader::parse(b"<stream:stream xmlns:stream='urn:wrong'>"),
+            Err(ElementError::StreamNamespace { found: Some(ns) }) if ns == "urn:wrong"
+        ));
+        assert!(matches!(
+            StreamHeader::parse(
+                b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'>"
+            ),
+            Err(ElementError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            StreamHeader::parse(b""),
+            Err(ElementError::NoElement)
+        ));
+    }
+
+    #[test]
+    fn element_head() {
+        let stream = header();
+        let head = ElementHead::parse(b"<db:result from='a.example' to='b.example'>", &stream)
+            .expect("head");
+        assert_eq!(
+            (head.name.as_str(), head.local.as_str()),
+            ("db:result", "result")
+        );
+        assert_eq!(head.ns.as_deref(), Some(NS_DIALBACK));
+        assert!(head.is(NS_DIALBACK, "result"));
+        assert_eq!(
+            (head.from.as_deref(), head.to.as_deref()),
+            (Some("a.example"), Some("b.example"))
+        );
+
+        let head = ElementHead::parse(
+            b"<message type='chat' id='m&amp;1' from='alice@a.example/x' to='bob@b.example'>",
+            &stream,
+        )
+        .expect("head");
+        assert_eq!(head.ns.as_deref(), Some(NS_SERVER));
+        assert_eq!(
+            (head.kind.as_deref(), head.id.as_deref()),
+            (Some("chat"), Some("m&1"))
+        );
+
+        let head = ElementHead::parse(b"<stream:features>", &stream).expect("head");
+        assert!(head.is(NS_STREAM, "features"));
+        let head = ElementHead::parse(
+            b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+            &stream,
+        )
+        .expect("head");
+        assert!(head.is(NS_TLS, "starttls"));
+        // Own declarations win over the stream's.
+        let head = ElementHead::parse(b"<db:result xmlns:db='urn:other'>", &stream).expect("head");
+        assert_eq!(head.ns.as_deref(), Some("urn:other"));
+        assert!(
+            matches!(ElementHead::parse(b"<x:y/>", &stream), Err(ElementError::UndeclaredPrefix(p)) if p == "x")
+        );
+    }
+
+    #[test]
+    fn features_before_tls() {
+        let f = Features::parse(
+            b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>\
+              <dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>\
+              <bidi xmlns='urn:xmpp:features:bidi'/></stream:features>",
+        )
+        .expect("features");
+        assert_eq!(f.starttls, Some(true));
+        assert!(f.dialback && f.dialback_errors && f.bidi && !f.sm);
+        assert!(f.mechanisms.is_empty() && f.other.is_empty());
+    }
+
+    #[test]
+    fn features_after_tls() {
+        let f = Features::parse(
+            b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'>\
+              <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+              <mechanism>EXTERNAL</mechanism><mechanism> SCRAM-SHA-1-PLUS </mechanism></mechanisms>\
+              <dialback xmlns='urn:xmpp:features:dialback'/>\
+              <compression xmlns='http://jabber.org/features/compress'><method>zlib</method></compression>\
+              <sm xmlns='urn:xmpp:sm:3'/><ver xmlns='urn:xmpp:features:rosterver'/>\
+              <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:features>",
+        )
+        .expect("features");
+        assert_eq!(f.mechanisms, ["EXTERNAL", "SCRAM-SHA-1-PLUS"]);
+        assert_eq!(f.compression, ["zlib"]);
+        assert_eq!(f.starttls, Some(false));
+        assert!(f.dialback && !f.dialback_errors && f.sm && !f.bidi);
+        assert_eq!(f.other, ["{urn:xmpp:features:rosterver}ver"]);
+        assert_eq!(
+            Features::parse(b"<stream:features/>").expect("empty"),
+            Features::default()
+        );
+        assert!(matches!(
+            Features::parse(b"<stream:error/>"),
+            Err(ElementError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            Features::parse(b"<stream:features><bidi/>"),
+            Err(ElementError::Unclosed)
+        ));
+    }
+
+    #[test]
+    fn dialback() {
+        let stream = header();
+        let db = Dialback::parse(
+            b"<db:result from='a.example' to='b.example'>\n  b4835385f37fe2895af6c196b59097b16862406d\n</db:result>",
+            &stream,
+        )
+        .expect("request");
+        assert!(!db.verify && db.has_key && db.is_request());
+        assert_eq!(
+            (db.from.as_deref(), db.to.as_deref()),
+            (Some("a.example"), Some("b.example"))
+        );
+
+        let db = Dialback::parse(
+            b"<db:verify from='b.example' to='a.example' id='417GAF25' type='valid'/>",
+            &stream,
+        )
+        .expect("answer");
+        assert!(db.verify && !db.has_key);
+        assert_eq!(
+            (db.id.as_deref(), db.kind.as_deref()),
+            (Some("417GAF25"), Some("valid"))
+        );
+
+        let db = Dialback::parse(
+            b"<db:result from='b.example' to='a.example' type='error'><error type='cancel'>\
+              <item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+            &stream,
+        )
+        .expect("error");
+        assert_eq!(db.kind.as_deref(), Some("error"));
+        assert_eq!(db.error_condition.as_deref(), Some("item-not-found"));
+        assert!(!db.has_key);
+
+        // Declared on the element itself, with another prefix.
+        let db = Dialback::parse(
+            b"<x:verify xmlns:x='jabber:server:dialback' id='1'>key</x:verify>",
+            &stream,
+        )
+        .expect("own prefix");
+        assert!(db.verify && db.has_key);
+        assert!(matches!(
+            Dialback::parse(b"<message><body/></message>", &stream),
+            Err(ElementError::Unexpected { .. })
+        ));
+    }
+
+    #[test]
+    fn stream_errors() {
+        let e = StreamError::parse(
+            b"<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+              <text xmlns='urn:ietf:params:xml:ns:xmpp-streams' xml:lang='en'>No such host &apos;c&apos; &amp; co</text>\
+              <escape-your-data xmlns='urn:example:app'/></stream:error>",
+        )
+        .expect("stream error");
+        assert_eq!(e.condition, "host-unknown");
+        assert_eq!(e.text.as_deref(), Some("No such host 'c' & co"));
+        let e = StreamError::parse(b"<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
+            .expect("no text");
+        assert_eq!((e.condition.as_str(), e.text), ("policy-violation", None));
+        assert!(matches!(
+            StreamError::parse(b"<stream:error></stream:error>"),
+            Err(ElementError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn writes_stream_error() {
+        let bytes = stream_error(
+            "remote-connection-failed",
+            Some("upstream <b.example> & co unreachable"),
+        );
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(text.ends_with("</stream:error></stream:stream>"));
+        let error_end = text.find("</stream:error>").expect("end") + "</stream:error>".len();
+        let e = StreamError::parse(&bytes[..error_end]).expect("parses back");
+        assert_eq!(e.condition, "remote-connection-failed");
+        assert_eq!(
+            e.text.as_deref(),
+            Some("upstream <b.example> & co unreachable")
+        );
+        assert_eq!(
+            stream_error("bad-format", None),
+            b"<stream:error><bad-format xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+        );
+    }
+
+    #[test]
+    fn writes_reply_header_that_frames_and_parses() {
+        use crate::xml::framer::{FrameKind, Framer, Limits};
+        let initiator = StreamHeader::parse(
+            b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+              xmlns:db='jabber:server:dialback' from='a.example' to='b&apos;s.example' version='1.0'>",
+        )
+        .expect("initiator");
+        let mut bytes = reply_header(&initiator, "c2f1");
+        let reply = StreamHeader::parse(&bytes).expect("reply parses");
+        assert_eq!(reply.from.as_deref(), Some("b's.example"));
+        assert_eq!(reply.to.as_deref(), Some("a.example"));
+        assert_eq!(reply.id.as_deref(), Some("c2f1"));
+        assert_eq!(reply.version.as_deref(), Some("1.0"));
+        assert_eq!(reply.default_ns.as_deref(), Some(NS_SERVER));
+        assert!(reply.dialback_ns);
+        // What xmpptap writes goes through its own framer.
+        bytes.extend_from_slice(&stream_error("host-unknown", Some("no")));
+        let mut framer = Framer::new(Limits::default());
+        let mut kinds = Vec::new();
+        let mut buf = bytes.as_slice();
+        while let Some(frame) = framer.next_frame(buf).expect("frames") {
+            kinds.push(frame.kind);
+            buf = &buf[frame.len..];
+        }
+        assert!(buf.is_empty());
+        assert_eq!(
+            kinds,
+            [
+                FrameKind::StreamOpen,
+                FrameKind::Stanza,
+                FrameKind::StreamClose
+            ]
+        );
+        // Without dialback or a default namespace, none is declared.
+        let bare = reply_header(&StreamHeader::default(), "x");
+        let text = String::from_utf8(bare).expect("utf-8");
+        assert!(!text.contains("xmlns:db") && !text.contains(" xmlns='"));
+    }
+}
