@@ -26,7 +26,12 @@
 //! - [`tap`]: transcript events and the writers that drain them without slowing the data path.
 //! - [`side`]: the names of the two peers ([`side::Side`]) and of the two directions ([`side::Direction`]).
 
+pub mod cli;
+pub mod config;
+pub mod listen;
+pub mod session;
 pub mod side;
+pub mod tap;
 pub mod tls;
 pub mod upstream;
 pub mod xml;

@@ -1,1 +1,154 @@
-fn main() {}
+//! The `xmpptap` binary: parse flags, set up logging, run a subcommand, turn its error into one line on stderr
+//! and an exit code (64 for bad usage or configuration, 1 for failures at run time).
+
+use clap::Parser;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+use xmpptap::cli::{CaCommand, Cli, Command, ProxyArgs};
+use xmpptap::config::ProxyConfig;
+use xmpptap::tls::ca::Ca;
+
+/// Exit code for bad usage or configuration (sysexits EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    match cli.command {
+        Command::Proxy(args) => proxy(&args),
+        Command::Ca { action } => ca(action),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "xmpptap=info",
+        1 => "xmpptap=debug",
+        _ => "xmpptap=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .compact()
+        .init();
+}
+
+fn proxy(args: &ProxyArgs) -> ExitCode {
+    let config = match ProxyConfig::from_args(args) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(1, &e),
+    };
+    if args.check {
+        return runtime.block_on(check(config));
+    }
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    runtime.spawn(async move {
+        wait_for_signal().await;
+        on_signal.cancel();
+    });
+    match runtime.block_on(xmpptap::listen::run(config, shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_USAGE, &e),
+    }
+}
+
+/// `--check`: everything `run` would build, without serving.
+async fn check(config: ProxyConfig) -> ExitCode {
+    if let Err(e) = xmpptap::listen::tls_context(&config) {
+        return fail(EXIT_USAGE, &e);
+    }
+    if let Err(e) = xmpptap::listen::router(&config, &config.s2s_listen) {
+        return fail(EXIT_USAGE, &e);
+    }
+    println!("configuration OK");
+    println!("  s2s listen:   {:?}", config.s2s_listen);
+    for (domain, target) in &config.routes {
+        println!("  route:        {domain} -> {target}");
+    }
+    match &config.upstream {
+        Some(upstream) => println!("  upstream:     {upstream} (for domains without a route)"),
+        None => println!("  other domains: DNS SRV _xmpp-server._tcp, then A/AAAA on 5269"),
+    }
+    println!(
+        "  upstream TLS: {:?}, trust {:?}",
+        config.upstream_tls, config.upstream_trust
+    );
+    println!("  CA:           {}", config.ca_dir.display());
+    if let Some(log) = &config.log {
+        println!("  transcript:   {}", log.display());
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn ca(action: CaCommand) -> ExitCode {
+    match action {
+        CaCommand::Init { dir, force } => match Ca::init(&dir.ca_dir, force) {
+            Ok(ca) => {
+                println!("{}", ca.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, &e),
+        },
+        CaCommand::Show { dir, json } => match Ca::load(&dir.ca_dir) {
+            Ok(ca) if json => match serde_json::to_string_pretty(&ca.describe()) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, &e),
+            },
+            Ok(ca) => {
+                println!("{}", ca.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, &e),
+        },
+        CaCommand::Export { dir } => match Ca::load(&dir.ca_dir) {
+            Ok(ca) => {
+                print!("{}", ca.cert_pem());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, &e),
+        },
+    }
+}
+
+/// Prints `error` (with its causes) as one line and returns `code`.
+fn fail(code: u8, error: &dyn std::error::Error) -> ExitCode {
+    let mut line = format!("xmpptap: error: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    eprintln!("{line}");
+    ExitCode::from(code)
+}

@@ -1,0 +1,86 @@
+//! One side of a session: its connection, the bytes read from it but not yet framed, and its framer.
+
+use crate::side::Side;
+use crate::xml::framer::{Frame, Framer, Limits};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::SessionError;
+
+/// How much room to make for each read. Small enough to keep idle connections cheap, big enough that a busy
+/// stream is read in few syscalls.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// A side's reading state. `IO` is the whole transport during negotiation and its read half in the relay.
+#[derive(Debug)]
+pub struct Leg<IO> {
+    /// Which peer this is.
+    pub side: Side,
+    /// The connection (or its read half).
+    pub io: IO,
+    /// Bytes read but not yet handed out as frames.
+    pub buf: BytesMut,
+    /// Cuts `buf` into frames.
+    pub framer: Framer,
+    /// Bytes read from this side so far.
+    pub bytes_read: u64,
+}
+
+impl<IO: AsyncRead + Unpin> Leg<IO> {
+    /// A leg with an empty buffer and a fresh framer.
+    pub fn new(side: Side, io: IO, limits: Limits) -> Self {
+        Leg {
+            side,
+            io,
+            buf: BytesMut::new(),
+            framer: Framer::new(limits),
+            bytes_read: 0,
+        }
+    }
+
+    /// The next complete frame and its original bytes; `Ok(None)` when the peer closed the connection between
+    /// frames.
+    ///
+    /// Cancel-safe: bytes already read stay in `buf`, and the framer only advances when a frame is returned.
+    pub async fn next_frame(&mut self) -> Result<Option<(Frame, Bytes)>, SessionError> {
+        loop {
+            if let Some(frame) = self.poll_frame(0)? {
+                let bytes = self.buf.split_to(frame.len).freeze();
+                return Ok(Some((frame, bytes)));
+            }
+            if self.fill().await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next complete frame starting `offset` bytes into `buf`, without consuming anything. The relay uses
+    /// this to collect every frame already read before writing them out in one batch.
+    pub fn poll_frame(&mut self, offset: usize) -> Result<Option<Frame>, SessionError> {
+        self.framer
+            .next_frame(&self.buf[offset..])
+            .map_err(|source| SessionError::Frame {
+                side: self.side,
+                source,
+            })
+    }
+
+    /// Reads more bytes into `buf`. Returns 0 on a clean end of stream (trailing whitespace is fine); an end of
+    /// stream in the middle of a frame is [`SessionError::Truncated`]. Cancel-safe (a single `read_buf`).
+    pub async fn fill(&mut self) -> Result<usize, SessionError> {
+        self.buf.reserve(READ_CHUNK);
+        let n = self
+            .io
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|source| SessionError::Io {
+                side: self.side,
+                source,
+            })?;
+        if n == 0 && !self.buf.iter().all(u8::is_ascii_whitespace) {
+            return Err(SessionError::Truncated { side: self.side });
+        }
+        self.bytes_read += n as u64;
+        Ok(n)
+    }
+}

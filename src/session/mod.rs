@@ -1,0 +1,880 @@
+//! One intercepted connection, from accept to close.
+//!
+//! The session is a short state machine followed by a relay:
+//!
+//! 1. `ExpectInitiatorHeader`: read the initiator's `<stream:stream>`; its `to` names the receiving domain.
+//! 2. Connect upstream ([`crate::upstream`]), then for each stream (the first, and the one after STARTTLS):
+//!    send the initiator's header up, `ExpectReceiverHeader` and relay it down unchanged (its stream id is what
+//!    dialback keys are computed over), `ExpectReceiverFeatures` and relay them down.
+//! 3. If the receiver offered STARTTLS: `ExpectStarttls` from the initiator (anything else goes to the relay),
+//!    forward it, `ExpectProceed` from the receiver, TLS handshake upstream, `<proceed/>` down, TLS handshake
+//!    downstream with a certificate minted for the receiving domain, and back to 2 for the restarted stream.
+//! 4. [`relay`]: copy whole frames both ways until the connection ends.
+//!
+//! Dialback and SASL are not special here: they are frames the relay forwards. Errors are answered once, in
+//! one place per phase: the side at fault gets the stream error, the other side a clean close.
+
+mod leg;
+mod observe;
+mod relay;
+mod transport;
+
+use crate::config::ProxyConfig;
+use crate::side::{Direction, Side};
+use crate::tap::event::{Origin, Xml};
+use crate::tap::{ClosedBy, Event, EventKind, Tap};
+use crate::tls::TlsContext;
+use crate::upstream::connect::{self, ConnectError};
+use crate::upstream::route::Router;
+use crate::xml::element::{self, ElementHead, Features, StreamHeader, NS_STREAM, NS_TLS};
+use crate::xml::framer::{Frame, FrameError, FrameKind};
+use bytes::Bytes;
+use leg::Leg;
+use observe::Observer;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use transport::Transport;
+
+/// ALPN protocol id for server-to-server streams (XEP-0368).
+const ALPN_S2S: &[u8] = b"xmpp-server";
+
+/// What xmpptap sends the receiver when it upgrades the upstream leg on its own (`--upstream-tls always`).
+const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+
+/// What the initiator gets when the upstream TLS handshake failed after it asked for STARTTLS (RFC 6120 5.4.2.2).
+const TLS_FAILURE: &[u8] = b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>";
+
+/// Everything a session needs that is built once in [`crate::listen::run`].
+#[derive(Debug)]
+pub struct Context {
+    /// Validated settings.
+    pub config: ProxyConfig,
+    /// Finds the receiver for a domain.
+    pub router: Router,
+    /// Certificates and TLS configurations for both legs.
+    pub tls: TlsContext,
+    /// Where transcript events go.
+    pub tap: Tap,
+}
+
+/// A connection accepted by a listener.
+#[derive(Debug)]
+pub struct Accepted {
+    /// Connection id, unique in this process.
+    pub conn: u64,
+    /// The initiator's connection.
+    pub stream: TcpStream,
+    /// The initiator's address.
+    pub peer: SocketAddr,
+    /// The listening address it reached.
+    pub local: SocketAddr,
+}
+
+/// Why a session failed. Each variant records which side is at fault where a side is.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A side's bytes are not an acceptable XMPP stream.
+    #[error("{side} sent unacceptable XML: {source}")]
+    Frame {
+        side: Side,
+        #[source]
+        source: FrameError,
+    },
+    /// A side closed its connection in the middle of an element.
+    #[error("{side} closed the connection in the middle of an element")]
+    Truncated { side: Side },
+    /// A side closed its connection while xmpptap waited for something.
+    #[error("{side} closed the connection while xmpptap expected {expected}")]
+    Closed { side: Side, expected: &'static str },
+    /// Reading or writing a side's connection failed.
+    #[error("connection to the {side} failed: {source}")]
+    Io {
+        side: Side,
+        #[source]
+        source: io::Error,
+    },
+    /// A side sent something that makes no sense at this point of the negotiation.
+    #[error("{side} sent {found} where xmpptap expected {expected}")]
+    Unexpected {
+        side: Side,
+        expected: &'static str,
+        found: String,
+    },
+    /// A side sent nothing in time.
+    #[error("{side} sent nothing for {}s while xmpptap expected {expected}", .after.as_secs_f32())]
+    Timeout {
+        side: Side,
+        expected: &'static str,
+        after: Duration,
+    },
+    /// The initiator's stream header names no receiving domain.
+    #[error(
+        "the initiator's stream header has no 'to' attribute, so there is no domain to route to"
+    )]
+    NoDomain,
+    /// xmpptap found no way to the receiving domain.
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    /// A TLS handshake failed.
+    #[error("TLS handshake with the {side} failed: {reason}")]
+    Tls { side: Side, reason: String },
+    /// A side sent bytes between `<starttls/>`/`<proceed/>` and the TLS handshake.
+    #[error("{side} sent {len} bytes after <{element}/> where the TLS handshake had to start")]
+    BytesBeforeTls {
+        side: Side,
+        element: &'static str,
+        len: usize,
+    },
+    /// xmpptap is shutting down.
+    #[error("xmpptap is shutting down")]
+    Shutdown,
+}
+
+impl SessionError {
+    /// The side at fault, if a peer is.
+    pub fn culprit(&self) -> Option<Side> {
+        match self {
+            SessionError::Frame { side, .. }
+            | SessionError::Truncated { side }
+            | SessionError::Closed { side, .. }
+            | SessionError::Io { side, .. }
+            | SessionError::Unexpected { side, .. }
+            | SessionError::Timeout { side, .. }
+            | SessionError::Tls { side, .. }
+            | SessionError::BytesBeforeTls { side, .. } => Some(*side),
+            SessionError::NoDomain => Some(Side::Initiator),
+            SessionError::Connect(_) | SessionError::Shutdown => None,
+        }
+    }
+
+    /// The stream error condition to send (to the culprit, or to the initiator when no peer is at fault), or
+    /// `None` when the culprit can no longer be told anything (its connection or TLS broke).
+    pub fn condition(&self) -> Option<&'static str> {
+        match self {
+            SessionError::Frame { source, .. } => Some(source.condition()),
+            SessionError::Unexpected { .. } | SessionError::BytesBeforeTls { .. } => {
+                Some("bad-format")
+            }
+            SessionError::Timeout { .. } => Some("connection-timeout"),
+            SessionError::NoDomain => Some("host-unknown"),
+            SessionError::Connect(e) => Some(connect_condition(e)),
+            SessionError::Shutdown => Some("system-shutdown"),
+            SessionError::Truncated { .. }
+            | SessionError::Closed { .. }
+            | SessionError::Io { .. }
+            | SessionError::Tls { .. } => None,
+        }
+    }
+}
+
+/// `host-unknown` when the domain cannot be routed at all, `remote-connection-failed` when it can but no
+/// address answered.
+fn connect_condition(error: &ConnectError) -> &'static str {
+    use crate::upstream::route::RouteError as R;
+    match error {
+        ConnectError::Route(
+            R::InvalidDomain { .. }
+            | R::NoService { .. }
+            | R::NoRoute { .. }
+            | R::SrvTargetsEmpty { .. },
+        ) => "host-unknown",
+        _ => "remote-connection-failed",
+    }
+}
+
+/// How a session ended, for the `closed` event.
+#[derive(Debug)]
+pub struct Ended {
+    /// Who ended it.
+    pub by: ClosedBy,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// Serves one accepted connection to the end. Never panics on peer input; every outcome is logged and
+/// transcribed.
+pub async fn serve(ctx: Arc<Context>, accepted: Accepted, shutdown: CancellationToken) {
+    let started = Instant::now();
+    let conn = accepted.conn;
+    ctx.tap.emit(Event::now(
+        conn,
+        None,
+        EventKind::Accepted {
+            listener: "s2s",
+            peer: accepted.peer,
+            local: accepted.local,
+        },
+    ));
+    let mut session = Session {
+        ctx: &ctx,
+        conn,
+        shutdown: &shutdown,
+        up: Observer::new(conn, Direction::Up, ctx.tap.clone()),
+        down: Observer::new(conn, Direction::Down, ctx.tap.clone()),
+        bytes: [0, 0],
+    };
+    let ended = session.run(accepted.stream).await;
+    match ended.by {
+        ClosedBy::Xmpptap => tracing::info!(reason = %ended.reason, "closed"),
+        _ => tracing::info!(by = ?ended.by, reason = %ended.reason, "closed"),
+    }
+    ctx.tap.emit(Event::now(
+        conn,
+        None,
+        EventKind::Closed {
+            by: ended.by,
+            reason: ended.reason,
+            bytes_up: session.bytes[0],
+            bytes_down: session.bytes[1],
+            stanzas_up: session.up.stanzas,
+            stanzas_down: session.down.stanzas,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        },
+    ));
+}
+
+/// Logs a session error at the level it deserves: peers that go away at debug, protocol violations at warn.
+fn log_error(error: &SessionError) {
+    match error {
+        SessionError::Io { .. } | SessionError::Closed { .. } | SessionError::Shutdown => {
+            tracing::debug!(error = %error, "session ended")
+        }
+        _ => tracing::warn!(error = %error, "session failed"),
+    }
+}
+
+/// The `protocol_error` event for `error`, blamed on `side`.
+fn protocol_error_event(side: Side, condition: &'static str, error: &SessionError) -> EventKind {
+    EventKind::ProtocolError {
+        side,
+        condition,
+        error: error.to_string(),
+    }
+}
+
+/// The state of one session while it negotiates.
+struct Session<'a> {
+    ctx: &'a Context,
+    conn: u64,
+    shutdown: &'a CancellationToken,
+    /// Transcript state for initiator -> receiver.
+    up: Observer,
+    /// Transcript state for receiver -> initiator.
+    down: Observer,
+    /// Bytes read from [initiator, receiver].
+    bytes: [u64; 2],
+}
+
+/// Where negotiation left the two legs.
+struct Negotiated {
+    ini: Leg<Transport>,
+    rec: Leg<Transport>,
+}
+
+impl Session<'_> {
+    async fn run(&mut self, tcp: TcpStream) -> Ended {
+        let limits = self.ctx.config.limits.framer;
+        let mut ini = Leg::new(Side::Initiator, Transport::Plain(tcp), limits);
+
+        // ExpectInitiatorHeader
+        let header_timeout = self.ctx.config.limits.header_timeout;
+        let first = self
+            .read(&mut ini, header_timeout, "the initiator's stream header")
+            .await;
+        let (frame, header_bytes) = match first {
+            Ok(frame) => frame,
+            Err(error) => return self.refuse(&mut ini, None, error).await,
+        };
+        self.up.frame(&frame, &header_bytes);
+        let header = self.up.header.clone().unwrap_or_default();
+        let Some(domain) = header.to.clone().filter(|to| !to.is_empty()) else {
+            return self
+                .refuse(&mut ini, Some(&header), SessionError::NoDomain)
+                .await;
+        };
+        tracing::Span::current().record("to", domain.as_str());
+
+        // Connect upstream.
+        let connected =
+            match connect::connect(&self.ctx.router, &domain, &self.ctx.config.connect).await {
+                Ok(connected) => connected,
+                Err(error) => {
+                    self.ctx.tap.emit(Event::now(
+                        self.conn,
+                        None,
+                        EventKind::UpstreamFailed {
+                            domain: domain.clone(),
+                            error: error.to_string(),
+                        },
+                    ));
+                    return self
+                        .refuse(&mut ini, Some(&header), SessionError::Connect(error))
+                        .await;
+                }
+            };
+        tracing::info!(%domain, addr = %connected.candidate.addr, "upstream connected");
+        self.ctx.tap.emit(Event::now(
+            self.conn,
+            None,
+            EventKind::UpstreamConnected {
+                domain: domain.clone(),
+                addr: connected.candidate.addr,
+                host: connected.candidate.host.clone(),
+                route: connected.candidate.source.clone(),
+                failed: connected
+                    .failed
+                    .iter()
+                    .map(|a| format!("{}: {}", a.addr, a.error))
+                    .collect(),
+            },
+        ));
+        let rec = Leg::new(
+            Side::Receiver,
+            Transport::Plain(connected.stream),
+            self.ctx.config.limits.framer,
+        );
+
+        let negotiated = self.negotiate(ini, rec, &domain, header_bytes).await;
+        match negotiated {
+            Ok(Negotiated { ini, rec }) => {
+                let (ended, bytes) =
+                    relay::relay(ini, rec, &mut self.up, &mut self.down, self.shutdown).await;
+                self.bytes = bytes;
+                ended
+            }
+            Err(ended) => ended,
+        }
+    }
+
+    /// Steps 2 and 3 of the module doc: streams and STARTTLS, until the legs are ready for the relay.
+    async fn negotiate(
+        &mut self,
+        mut ini: Leg<Transport>,
+        mut rec: Leg<Transport>,
+        domain: &str,
+        mut ini_header: Bytes,
+    ) -> Result<Negotiated, Ended> {
+        let step = self.ctx.config.limits.negotiation_timeout;
+        loop {
+            // The initiator's header goes up unchanged.
+            if let Err(e) = send(&mut rec, &ini_header).await {
+                return Err(self.abort(&mut ini, &mut rec, e, false).await);
+            }
+
+            // ExpectReceiverHeader: its header (and stream id) comes down unchanged, unless xmpptap first
+            // upgrades the upstream leg on its own, in which case the initiator only ever sees the post-TLS one.
+            let (frame, rec_header) = match self
+                .read(&mut rec, step, "the receiver's stream header")
+                .await
+            {
+                Ok(frame) => frame,
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+            };
+            self.down.frame(&frame, &rec_header);
+            let hold = self.ctx.config.upstream_tls == crate::cli::UpstreamTls::Always
+                && !rec.io.is_tls()
+                && !ini.io.is_tls();
+            if !hold {
+                if let Err(e) = send(&mut ini, &rec_header).await {
+                    return Err(self.abort(&mut ini, &mut rec, e, false).await);
+                }
+            }
+            let version_1 =
+                self.down.header.as_ref().and_then(|h| h.version.as_deref()) == Some("1.0");
+            if !version_1 {
+                // A pre-1.0 stream has no features: straight to the relay (dialback without STARTTLS).
+                if hold {
+                    if let Err(e) = send(&mut ini, &rec_header).await {
+                        return Err(self.abort(&mut ini, &mut rec, e, false).await);
+                    }
+                }
+                return Ok(Negotiated { ini, rec });
+            }
+
+            // ExpectReceiverFeatures
+            let (frame, features_bytes) = match self
+                .read_element(&mut rec, &mut ini, step, "stream features")
+                .await
+            {
+                Ok(frame) => frame,
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, hold).await),
+            };
+            self.down.frame(&frame, &features_bytes);
+            let features = self.features(&frame, &features_bytes);
+            let offers_tls = features.as_ref().is_some_and(|f| f.starttls.is_some());
+
+            if hold {
+                if offers_tls {
+                    tracing::info!(
+                        "upgrading the upstream leg on xmpptap's own (--upstream-tls always)"
+                    );
+                    rec = match self.upgrade_upstream_alone(&mut ini, rec, domain).await {
+                        Ok(rec) => rec,
+                        Err(ended) => return Err(ended),
+                    };
+                    continue;
+                }
+                tracing::warn!("--upstream-tls always, but the receiver does not offer STARTTLS");
+                if let Err(e) = send(&mut ini, &rec_header).await {
+                    return Err(self.abort(&mut ini, &mut rec, e, false).await);
+                }
+            }
+            if let Err(e) = send(&mut ini, &features_bytes).await {
+                return Err(self.abort(&mut ini, &mut rec, e, false).await);
+            }
+            if features.is_none() || !offers_tls || ini.io.is_tls() {
+                return Ok(Negotiated { ini, rec });
+            }
+
+            // ExpectStarttls: the initiator may take the offer or go on in plaintext.
+            let (frame, bytes) = match self
+                .read_element(&mut ini, &mut rec, step, "<starttls/> or a stanza")
+                .await
+            {
+                Ok(frame) => frame,
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+            };
+            self.up.frame(&frame, &bytes);
+            if let Err(e) = send(&mut rec, &bytes).await {
+                return Err(self.abort(&mut ini, &mut rec, e, false).await);
+            }
+            if !self.is_tls_element(&frame, &bytes, Direction::Up, "starttls") {
+                return Ok(Negotiated { ini, rec });
+            }
+
+            // ExpectProceed
+            let (frame, proceed) = match self
+                .read_element(&mut rec, &mut ini, step, "<proceed/>")
+                .await
+            {
+                Ok(frame) => frame,
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+            };
+            self.down.frame(&frame, &proceed);
+            if !self.is_tls_element(&frame, &proceed, Direction::Down, "proceed") {
+                // <failure/> or anything else: let the initiator see it and the peers end it themselves.
+                if let Err(e) = send(&mut ini, &proceed).await {
+                    return Err(self.abort(&mut ini, &mut rec, e, false).await);
+                }
+                return Ok(Negotiated { ini, rec });
+            }
+            if let Err(e) =
+                nothing_after(&rec, "proceed").and_then(|()| tolerate_after(&mut ini, "starttls"))
+            {
+                return Err(self.abort(&mut ini, &mut rec, e, false).await);
+            }
+
+            // TLS upstream first: if it fails, the initiator can still be told so in XML.
+            rec = match self.tls_upstream(rec, domain).await {
+                Ok(rec) => rec,
+                Err(e) => {
+                    let _ = ini.io.write_all(TLS_FAILURE).await;
+                    self.down.own_words(b"</stream:stream>");
+                    return Err(self.ended_by_tls(e));
+                }
+            };
+            if let Err(e) = send(&mut ini, &proceed).await {
+                return Err(self.ended_after(e));
+            }
+            ini = match self.tls_downstream(ini, domain).await {
+                Ok(ini) => ini,
+                Err(e) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), rec.io.shutdown()).await;
+                    return Err(self.ended_by_tls(e));
+                }
+            };
+
+            // Both legs restart their streams: the initiator speaks first.
+            let (frame, header) = match self
+                .read(&mut ini, step, "the initiator's stream header after TLS")
+                .await
+            {
+                Ok(frame) => frame,
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+            };
+            self.up.frame(&frame, &header);
+            ini_header = header;
+        }
+    }
+
+    /// `--upstream-tls always`: STARTTLS with the receiver while the initiator waits, then restart upstream.
+    async fn upgrade_upstream_alone(
+        &mut self,
+        ini: &mut Leg<Transport>,
+        mut rec: Leg<Transport>,
+        domain: &str,
+    ) -> Result<Leg<Transport>, Ended> {
+        let step = self.ctx.config.limits.negotiation_timeout;
+        if let Err(e) = send(&mut rec, STARTTLS).await {
+            return Err(self.abort(ini, &mut rec, e, true).await);
+        }
+        self.up.own(EventKind::Starttls {
+            xml: Xml(Bytes::from_static(STARTTLS)),
+        });
+        let (frame, proceed) = match self.read_element(&mut rec, ini, step, "<proceed/>").await {
+            Ok(frame) => frame,
+            Err(e) => return Err(self.abort(ini, &mut rec, e, true).await),
+        };
+        self.down.frame(&frame, &proceed);
+        if !self.is_tls_element(&frame, &proceed, Direction::Down, "proceed") {
+            let e = SessionError::Unexpected {
+                side: Side::Receiver,
+                expected: "<proceed/>",
+                found: describe(&frame, &proceed),
+            };
+            return Err(self.abort(ini, &mut rec, e, true).await);
+        }
+        if let Err(e) = nothing_after(&rec, "proceed") {
+            return Err(self.abort(ini, &mut rec, e, true).await);
+        }
+        match self.tls_upstream(rec, domain).await {
+            Ok(rec) => Ok(rec),
+            Err(e) => {
+                let header = self.up.header.clone().unwrap_or_default();
+                let error = SessionError::Tls {
+                    side: Side::Receiver,
+                    reason: e.to_string(),
+                };
+                Err(self.refuse(ini, Some(&header), error).await)
+            }
+        }
+    }
+
+    /// TLS with the receiver, xmpptap as client, verifying the receiver's certificate for `domain`.
+    async fn tls_upstream(
+        &mut self,
+        rec: Leg<Transport>,
+        domain: &str,
+    ) -> Result<Leg<Transport>, SessionError> {
+        let tls_error = |reason: String| SessionError::Tls {
+            side: Side::Receiver,
+            reason,
+        };
+        let Transport::Plain(tcp) = rec.io else {
+            return Err(tls_error(String::from("the upstream leg already uses TLS")));
+        };
+        let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
+            .map_err(|e| tls_error(format!("{domain:?} is not a valid TLS server name: {e}")))?;
+        let connector = self.ctx.tls.connector(ALPN_S2S);
+        let handshake = tokio::time::timeout(
+            self.ctx.config.limits.tls_timeout,
+            connector.connect(name, tcp),
+        );
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(tls_error(e.to_string())),
+            Err(_) => return Err(tls_error(String::from("timed out"))),
+        };
+        let info = crate::tls::client_info(tls.get_ref().1);
+        tracing::info!(side = "receiver", version = %info.version, cipher = %info.cipher, "TLS established");
+        self.down.own(EventKind::TlsEstablished {
+            side: Side::Receiver,
+            info,
+        });
+        let mut framer = rec.framer;
+        framer.reset();
+        Ok(Leg {
+            side: rec.side,
+            io: Transport::Client(Box::new(tls)),
+            buf: rec.buf,
+            framer,
+            bytes_read: rec.bytes_read,
+        })
+    }
+
+    /// TLS with the initiator, xmpptap as server, presenting a certificate minted for `domain`.
+    async fn tls_downstream(
+        &mut self,
+        ini: Leg<Transport>,
+        domain: &str,
+    ) -> Result<Leg<Transport>, SessionError> {
+        let tls_error = |reason: String| SessionError::Tls {
+            side: Side::Initiator,
+            reason,
+        };
+        let Transport::Plain(tcp) = ini.io else {
+            return Err(tls_error(String::from(
+                "the initiator leg already uses TLS",
+            )));
+        };
+        let acceptor = self
+            .ctx
+            .tls
+            .acceptor_for(domain)
+            .map_err(|e| tls_error(format!("cannot mint a certificate for {domain}: {e}")))?;
+        let handshake =
+            tokio::time::timeout(self.ctx.config.limits.tls_timeout, acceptor.accept(tcp));
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(tls_error(e.to_string())),
+            Err(_) => return Err(tls_error(String::from("timed out"))),
+        };
+        let info = crate::tls::server_info(tls.get_ref().1);
+        tracing::info!(side = "initiator", version = %info.version, cipher = %info.cipher, "TLS established");
+        self.up.own(EventKind::TlsEstablished {
+            side: Side::Initiator,
+            info,
+        });
+        let mut framer = ini.framer;
+        framer.reset();
+        Ok(Leg {
+            side: ini.side,
+            io: Transport::Server(Box::new(tls)),
+            buf: ini.buf,
+            framer,
+            bytes_read: ini.bytes_read,
+        })
+    }
+
+    /// The next frame from `leg`, bounded by `timeout` and shutdown.
+    async fn read(
+        &self,
+        leg: &mut Leg<Transport>,
+        timeout: Duration,
+        expected: &'static str,
+    ) -> Result<(Frame, Bytes), SessionError> {
+        let side = leg.side;
+        tokio::select! {
+            result = tokio::time::timeout(timeout, leg.next_frame()) => match result {
+                Ok(Ok(Some(frame))) => Ok(frame),
+                Ok(Ok(None)) => Err(SessionError::Closed { side, expected }),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(SessionError::Timeout { side, expected, after: timeout }),
+            },
+            _ = self.shutdown.cancelled() => Err(SessionError::Shutdown),
+        }
+    }
+
+    /// The next top-level element from `from`; whitespace keepalives before it are passed on to `to`.
+    async fn read_element(
+        &mut self,
+        from: &mut Leg<Transport>,
+        to: &mut Leg<Transport>,
+        timeout: Duration,
+        expected: &'static str,
+    ) -> Result<(Frame, Bytes), SessionError> {
+        loop {
+            let (frame, bytes) = self.read(from, timeout, expected).await?;
+            match frame.kind {
+                FrameKind::Stanza => return Ok((frame, bytes)),
+                FrameKind::Whitespace => send(to, &bytes).await?,
+                FrameKind::StreamOpen | FrameKind::StreamClose => {
+                    return Err(SessionError::Unexpected {
+                        side: from.side,
+                        expected,
+                        found: describe(&frame, &bytes),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Parses a features element, or `None` if the frame is something else.
+    fn features(&self, frame: &Frame, bytes: &Bytes) -> Option<Features> {
+        let head = self.head(frame, bytes, Direction::Down)?;
+        if head.ns.as_deref() != Some(NS_STREAM) || head.local != "features" {
+            return None;
+        }
+        Features::parse(bytes).ok()
+    }
+
+    /// Whether a frame is the TLS-namespace element `local` (`starttls`, `proceed`).
+    fn is_tls_element(&self, frame: &Frame, bytes: &Bytes, dir: Direction, local: &str) -> bool {
+        self.head(frame, bytes, dir)
+            .is_some_and(|head| head.ns.as_deref() == Some(NS_TLS) && head.local == local)
+    }
+
+    fn head(&self, frame: &Frame, bytes: &Bytes, dir: Direction) -> Option<ElementHead> {
+        let obs = match dir {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        let stream = obs.header.clone().unwrap_or_default();
+        ElementHead::parse(&bytes[frame.head.clone()], &stream).ok()
+    }
+
+    /// Ends a session before any upstream stream reached the initiator: xmpptap opens a stream of its own
+    /// toward the initiator (RFC 6120 4.9.1.2) and sends the error on it.
+    async fn refuse(
+        &mut self,
+        ini: &mut Leg<Transport>,
+        header: Option<&StreamHeader>,
+        error: SessionError,
+    ) -> Ended {
+        log_error(&error);
+        let condition = error.condition();
+        if let Some(condition) = condition {
+            if error.culprit() == Some(Side::Initiator) {
+                self.down
+                    .own(protocol_error_event(Side::Initiator, condition, &error));
+            }
+            let empty = StreamHeader::default();
+            let id = format!("xmpptap-{}", self.conn);
+            let reply = element::reply_header(header.unwrap_or(&empty), &id);
+            let words = element::stream_error(condition, Some(&error.to_string()));
+            let written = tokio::time::timeout(Duration::from_secs(5), async {
+                ini.io.write_all(&reply).await?;
+                ini.io.write_all(&words).await?;
+                ini.io.shutdown().await
+            })
+            .await;
+            if let Ok(Ok(())) = written {
+                self.down.own(observe::stream_opened(
+                    0,
+                    None,
+                    Origin::Xmpptap,
+                    Bytes::from(reply),
+                ));
+                self.down.own_words(&words);
+            }
+        }
+        self.bytes = [ini.bytes_read, 0];
+        Ended {
+            by: error.culprit().map_or(ClosedBy::Xmpptap, ClosedBy::from),
+            reason: format!("{error}"),
+        }
+    }
+
+    /// Ends a negotiating session: the culprit gets a stream error, the other side a clean close.
+    /// `initiator_unopened` says the initiator has not yet received a stream header on its current stream.
+    async fn abort(
+        &mut self,
+        ini: &mut Leg<Transport>,
+        rec: &mut Leg<Transport>,
+        error: SessionError,
+        initiator_unopened: bool,
+    ) -> Ended {
+        if initiator_unopened {
+            let header = self.up.header.clone().unwrap_or_default();
+            let ended = self.refuse(ini, Some(&header), error).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                rec.io.write_all(b"</stream:stream>"),
+            )
+            .await;
+            self.bytes = [ini.bytes_read, rec.bytes_read];
+            return ended;
+        }
+        log_error(&error);
+        let text = error.to_string();
+        let close: &[u8] = b"</stream:stream>";
+        let culprit_words = error
+            .condition()
+            .map(|c| element::stream_error(c, Some(&text)));
+        let (ini_words, rec_words) = match (error.culprit(), &culprit_words) {
+            (Some(Side::Initiator), Some(words)) => (&words[..], close),
+            (Some(Side::Receiver), Some(words)) => (close, &words[..]),
+            (None, Some(words)) => (&words[..], &words[..]),
+            (_, None) => (close, close),
+        };
+        if let (Some(side), Some(condition)) = (error.culprit(), error.condition()) {
+            self.up.own(protocol_error_event(side, condition, &error));
+        }
+        for (leg, words, obs) in [
+            (&mut *ini, ini_words, &self.down),
+            (&mut *rec, rec_words, &self.up),
+        ] {
+            let written = tokio::time::timeout(Duration::from_secs(5), async {
+                leg.io.write_all(words).await?;
+                leg.io.shutdown().await
+            })
+            .await;
+            if let Ok(Ok(())) = written {
+                obs.own_words(words);
+            }
+        }
+        self.bytes = [ini.bytes_read, rec.bytes_read];
+        Ended {
+            by: error.culprit().map_or(ClosedBy::Xmpptap, ClosedBy::from),
+            reason: text,
+        }
+    }
+
+    /// A TLS failure: both legs are closed (by dropping them) and the transcript says why.
+    fn ended_by_tls(&mut self, error: SessionError) -> Ended {
+        log_error(&error);
+        if let SessionError::Tls { side, reason } = &error {
+            let obs = if *side == Side::Initiator {
+                &self.up
+            } else {
+                &self.down
+            };
+            obs.own(EventKind::TlsFailed {
+                side: *side,
+                error: reason.clone(),
+            });
+        }
+        self.ended_after(error)
+    }
+
+    /// A failure after which nothing more can be said to either side.
+    fn ended_after(&mut self, error: SessionError) -> Ended {
+        Ended {
+            by: error.culprit().map_or(ClosedBy::Xmpptap, ClosedBy::from),
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// Writes `bytes` to a leg, flushing TLS records.
+async fn send(leg: &mut Leg<Transport>, bytes: &[u8]) -> Result<(), SessionError> {
+    let io = |source| SessionError::Io {
+        side: leg.side,
+        source,
+    };
+    leg.io.write_all(bytes).await.map_err(io)?;
+    leg.io.flush().await.map_err(|source| SessionError::Io {
+        side: leg.side,
+        source,
+    })
+}
+
+/// TLS starts right after `<proceed/>`: the receiver must not have sent anything after it.
+fn nothing_after(rec: &Leg<Transport>, element: &'static str) -> Result<(), SessionError> {
+    if rec.buf.is_empty() {
+        Ok(())
+    } else {
+        Err(SessionError::BytesBeforeTls {
+            side: rec.side,
+            element,
+            len: rec.buf.len(),
+        })
+    }
+}
+
+/// Some initiators send stray whitespace after `<starttls/>`: drop it with a warning; anything else is an error.
+fn tolerate_after(ini: &mut Leg<Transport>, element: &'static str) -> Result<(), SessionError> {
+    if ini.buf.is_empty() {
+        return Ok(());
+    }
+    if ini.buf.iter().all(u8::is_ascii_whitespace) {
+        tracing::warn!(
+            len = ini.buf.len(),
+            "initiator sent whitespace after <starttls/>; dropped"
+        );
+        ini.buf.clear();
+        ini.framer.reset();
+        return Ok(());
+    }
+    Err(SessionError::BytesBeforeTls {
+        side: ini.side,
+        element,
+        len: ini.buf.len(),
+    })
+}
+
+/// A short description of a frame for error messages: its start tag, cut to a readable length.
+fn describe(frame: &Frame, bytes: &Bytes) -> String {
+    let tag = &bytes[frame.head.clone()];
+    let text = String::from_utf8_lossy(&tag[..tag.len().min(80)]);
+    if tag.len() > 80 {
+        format!("{text}...")
+    } else {
+        text.into_owned()
+    }
+}

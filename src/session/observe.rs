@@ -1,0 +1,200 @@
+//! Turning frames into transcript events. The relay calls [`Observer::frame`] for every frame it forwards; the
+//! observer parses only the start tag (and, for the few stream-level elements that have their own event, the
+//! element), and only when someone is listening.
+
+use crate::side::Direction;
+use crate::tap::event::{Origin, Xml};
+use crate::tap::{Event, EventKind, Tap};
+use crate::xml::element::{
+    Dialback, ElementHead, Features, StreamError, StreamHeader, NS_DIALBACK, NS_STREAM, NS_TLS,
+};
+use crate::xml::framer::{Frame, FrameKind};
+use bytes::Bytes;
+
+/// Per-direction transcript state: the current stream header (its namespace declarations resolve element
+/// prefixes) and counters for the closing summary.
+#[derive(Debug)]
+pub struct Observer {
+    conn: u64,
+    dir: Direction,
+    tap: Tap,
+    /// The header of the stream currently open in this direction.
+    pub header: Option<StreamHeader>,
+    /// Whether the sender closed its current stream (`</stream:stream>`).
+    pub stream_closed: bool,
+    /// Stream headers seen in this direction (restarts included).
+    pub streams: u32,
+    /// Top-level elements seen (stream-level elements included, whitespace not).
+    pub stanzas: u64,
+}
+
+impl Observer {
+    /// An observer for one direction of connection `conn`.
+    pub fn new(conn: u64, dir: Direction, tap: Tap) -> Self {
+        Observer {
+            conn,
+            dir,
+            tap,
+            header: None,
+            stream_closed: false,
+            streams: 0,
+            stanzas: 0,
+        }
+    }
+
+    /// Records one frame relayed in this direction. `bytes` are exactly the frame's bytes.
+    pub fn frame(&mut self, frame: &Frame, bytes: &Bytes) {
+        match frame.kind {
+            FrameKind::Whitespace => {}
+            FrameKind::StreamOpen => {
+                let header = StreamHeader::parse(&bytes[frame.head.clone()]).ok();
+                if let Some(header) = &header {
+                    tracing::info!(dir = %self.dir, from = ?header.from, to = ?header.to, id = ?header.id,
+                        "stream opened");
+                }
+                if self.tap.enabled() {
+                    let kind =
+                        stream_opened(self.streams, header.as_ref(), Origin::Peer, bytes.clone());
+                    self.emit(kind);
+                }
+                self.header = header;
+                self.stream_closed = false;
+                self.streams += 1;
+            }
+            FrameKind::StreamClose => {
+                self.stream_closed = true;
+                tracing::debug!(dir = %self.dir, "stream closed");
+                self.emit(EventKind::StreamClosed {
+                    origin: Origin::Peer,
+                });
+            }
+            FrameKind::Stanza => {
+                self.stanzas += 1;
+                if self.tap.enabled() || tracing::enabled!(tracing::Level::DEBUG) {
+                    let kind = self.classify(frame, bytes);
+                    self.emit(kind);
+                }
+            }
+        }
+    }
+
+    /// Records something xmpptap itself wrote in this direction.
+    pub fn own(&self, kind: EventKind) {
+        self.emit(kind);
+    }
+
+    /// Records the last words xmpptap wrote in this direction on its own: a stream error and/or the close.
+    pub fn own_words(&self, words: &[u8]) {
+        if !self.tap.enabled() {
+            return;
+        }
+        let close: &[u8] = b"</stream:stream>";
+        let error = words.strip_suffix(close).unwrap_or(words);
+        if !error.is_empty() {
+            if let Ok(parsed) = StreamError::parse(error) {
+                self.emit(EventKind::StreamError {
+                    condition: parsed.condition,
+                    text: parsed.text,
+                    origin: Origin::Xmpptap,
+                    xml: Xml(Bytes::copy_from_slice(error)),
+                });
+            }
+        }
+        self.emit(EventKind::StreamClosed {
+            origin: Origin::Xmpptap,
+        });
+    }
+
+    fn emit(&self, kind: EventKind) {
+        if self.tap.enabled() {
+            self.tap.emit(Event::now(self.conn, Some(self.dir), kind));
+        }
+    }
+
+    /// Builds the event for a top-level element.
+    fn classify(&self, frame: &Frame, bytes: &Bytes) -> EventKind {
+        let xml = Xml(bytes.clone());
+        let empty = StreamHeader::default();
+        let stream = self.header.as_ref().unwrap_or(&empty);
+        let head = match ElementHead::parse(&bytes[frame.head.clone()], stream) {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::debug!(dir = %self.dir, error = %e, "cannot read start tag");
+                return EventKind::Stanza {
+                    name: String::from("?"),
+                    ns: None,
+                    kind: None,
+                    id: None,
+                    from: None,
+                    to: None,
+                    xml,
+                };
+            }
+        };
+        tracing::debug!(dir = %self.dir, name = %head.name, kind = ?head.kind, id = ?head.id,
+            from = ?head.from, to = ?head.to, "element");
+        match (head.ns.as_deref(), head.local.as_str()) {
+            (Some(NS_STREAM), "features") => match Features::parse(bytes) {
+                Ok(features) => return EventKind::Features { features, xml },
+                Err(e) => tracing::debug!(error = %e, "unreadable stream features"),
+            },
+            (Some(NS_STREAM), "error") => {
+                if let Ok(error) = StreamError::parse(bytes) {
+                    tracing::info!(dir = %self.dir, condition = %error.condition, text = ?error.text,
+                        "stream error");
+                    return EventKind::StreamError {
+                        condition: error.condition,
+                        text: error.text,
+                        origin: Origin::Peer,
+                        xml,
+                    };
+                }
+            }
+            (Some(NS_TLS), "starttls") => return EventKind::Starttls { xml },
+            (Some(NS_TLS), "proceed") => return EventKind::Proceed { xml },
+            (Some(NS_DIALBACK), "result" | "verify") => {
+                if let Ok(db) = Dialback::parse(bytes, stream) {
+                    let result = db.kind.clone().unwrap_or_else(|| String::from("request"));
+                    tracing::info!(dir = %self.dir, element = %head.local, from = ?db.from, to = ?db.to,
+                        %result, "dialback");
+                    return EventKind::Dialback {
+                        element: if db.verify { "verify" } else { "result" },
+                        from: db.from,
+                        to: db.to,
+                        id: db.id,
+                        result,
+                        xml,
+                    };
+                }
+            }
+            _ => {}
+        }
+        EventKind::Stanza {
+            name: head.name,
+            ns: head.ns,
+            kind: head.kind,
+            id: head.id,
+            from: head.from,
+            to: head.to,
+            xml,
+        }
+    }
+}
+
+/// The `stream_opened` event for a header (parsed or not).
+pub fn stream_opened(
+    stream: u32,
+    header: Option<&StreamHeader>,
+    origin: Origin,
+    bytes: Bytes,
+) -> EventKind {
+    EventKind::StreamOpened {
+        stream,
+        from: header.and_then(|h| h.from.clone()),
+        to: header.and_then(|h| h.to.clone()),
+        id: header.and_then(|h| h.id.clone()),
+        version: header.and_then(|h| h.version.clone()),
+        origin,
+        xml: Xml(bytes),
+    }
+}

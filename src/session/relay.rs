@@ -1,0 +1,189 @@
+//! The relay: once negotiation is over, each direction copies whole frames from one side to the other, in
+//! batches, recording each frame on the way. Nothing is re-serialized.
+
+use super::leg::Leg;
+use super::observe::Observer;
+use super::transport::Transport;
+use super::{Ended, SessionError};
+use crate::side::Side;
+use crate::tap::ClosedBy;
+use crate::xml::element::stream_error;
+use crate::xml::framer::Frame;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio_util::sync::CancellationToken;
+
+/// How long the other direction may keep going after one side closed its connection: long enough for a peer
+/// to answer `</stream:stream>` with its own, short enough not to keep half-dead connections.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// How long xmpptap waits to deliver its own last words (a stream error, `</stream:stream>`) to a peer.
+const LAST_WORDS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a direction ended.
+#[derive(Debug)]
+enum PumpEnd {
+    /// The sending side closed its connection (after `</stream:stream>` or not).
+    Eof,
+}
+
+/// Relays between the initiator and the receiver until both are done, an error ends it, or shutdown.
+/// Returns how it ended and the bytes read from [initiator, receiver].
+pub async fn relay(
+    ini: Leg<Transport>,
+    rec: Leg<Transport>,
+    up: &mut Observer,
+    down: &mut Observer,
+    shutdown: &CancellationToken,
+) -> (Ended, [u64; 2]) {
+    let (ini_r, mut ini_w) = tokio::io::split(ini.io);
+    let (rec_r, mut rec_w) = tokio::io::split(rec.io);
+    let mut ini = Leg {
+        side: ini.side,
+        io: ini_r,
+        buf: ini.buf,
+        framer: ini.framer,
+        bytes_read: ini.bytes_read,
+    };
+    let mut rec = Leg {
+        side: rec.side,
+        io: rec_r,
+        buf: rec.buf,
+        framer: rec.framer,
+        bytes_read: rec.bytes_read,
+    };
+
+    // What happened first, found while both directions run; acted upon once they no longer borrow the halves.
+    let outcome: Result<Side, SessionError> = {
+        let up_pump = pump(&mut ini, &mut rec_w, up);
+        let down_pump = pump(&mut rec, &mut ini_w, down);
+        tokio::pin!(up_pump, down_pump);
+        // Both pumps are cancel-safe at their await points (reads keep their bytes in the leg's buffer); a write
+        // cut short only happens on error or shutdown, when the connection is being torn down anyway.
+        tokio::select! {
+            result = &mut up_pump => match result {
+                Ok(PumpEnd::Eof) => {
+                    // The initiator is gone; let the receiver finish what it was saying.
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut down_pump).await;
+                    Ok(Side::Initiator)
+                }
+                Err(e) => Err(e),
+            },
+            result = &mut down_pump => match result {
+                Ok(PumpEnd::Eof) => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, &mut up_pump).await;
+                    Ok(Side::Receiver)
+                }
+                Err(e) => Err(e),
+            },
+            _ = shutdown.cancelled() => Err(SessionError::Shutdown),
+        }
+    };
+
+    let ended = match outcome {
+        Ok(side) => {
+            let obs = match side {
+                Side::Initiator => &*up,
+                Side::Receiver => &*down,
+            };
+            let how = if obs.stream_closed {
+                "after closing its stream"
+            } else {
+                "without closing its stream"
+            };
+            Ended {
+                by: ClosedBy::from(side),
+                reason: format!("{side} closed the connection {how}"),
+            }
+        }
+        Err(error) => {
+            super::log_error(&error);
+            let (ini_words, rec_words) = last_words(&error);
+            if let Some(condition) = error.condition() {
+                if let Some(culprit) = error.culprit() {
+                    let obs = if culprit == Side::Initiator {
+                        &*down
+                    } else {
+                        &*up
+                    };
+                    obs.own(super::protocol_error_event(culprit, condition, &error));
+                }
+            }
+            say(&mut ini_w, &ini_words, down).await;
+            say(&mut rec_w, &rec_words, up).await;
+            Ended {
+                by: error.culprit().map_or(ClosedBy::Xmpptap, ClosedBy::from),
+                reason: format!("{error:#}"),
+            }
+        }
+    };
+    (ended, [ini.bytes_read, rec.bytes_read])
+}
+
+/// What xmpptap tells each side when `error` ends the relay: the culprit gets a stream error, the other side a
+/// clean `</stream:stream>`; on shutdown both get `<system-shutdown/>`.
+fn last_words(error: &SessionError) -> (Vec<u8>, Vec<u8>) {
+    let close = b"</stream:stream>".to_vec();
+    let text = error.to_string();
+    match (error.culprit(), error.condition()) {
+        (Some(Side::Initiator), Some(condition)) => (stream_error(condition, Some(&text)), close),
+        (Some(Side::Receiver), Some(condition)) => (close, stream_error(condition, Some(&text))),
+        (None, Some(condition)) => (
+            stream_error(condition, Some(&text)),
+            stream_error(condition, Some(&text)),
+        ),
+        // A side's connection failed: tell whoever is still there that the stream is over.
+        (_, None) => (close.clone(), close),
+    }
+}
+
+/// Writes xmpptap's last words to one side (bounded in time), records them, and closes the write side.
+async fn say<W: AsyncWrite + Unpin>(w: &mut WriteHalf<W>, words: &[u8], obs: &Observer) {
+    let result = tokio::time::timeout(LAST_WORDS_TIMEOUT, async {
+        w.write_all(words).await?;
+        w.shutdown().await
+    })
+    .await;
+    if let Ok(Ok(())) = result {
+        obs.own_words(words);
+    }
+}
+
+/// Copies frames from `src` to `dst` until `src` closes. Every frame already buffered is written in one batch.
+async fn pump<R, W>(
+    src: &mut Leg<R>,
+    dst: &mut WriteHalf<W>,
+    obs: &mut Observer,
+) -> Result<PumpEnd, SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncRead + AsyncWrite + Unpin,
+{
+    let dst_side = src.side.peer();
+    let mut frames: Vec<(usize, Frame)> = Vec::new();
+    loop {
+        let mut batch = 0;
+        while let Some(frame) = src.poll_frame(batch)? {
+            let len = frame.len;
+            frames.push((batch, frame));
+            batch += len;
+        }
+        if batch > 0 {
+            let chunk = src.buf.split_to(batch).freeze();
+            for (offset, frame) in frames.drain(..) {
+                obs.frame(&frame, &chunk.slice(offset..offset + frame.len));
+            }
+            let io = |source| SessionError::Io {
+                side: dst_side,
+                source,
+            };
+            dst.write_all(&chunk).await.map_err(io)?;
+            dst.flush().await.map_err(io)?;
+        }
+        if src.fill().await? == 0 {
+            // Pass the close on: the peer sees the same half-close the sender made.
+            let _ = dst.shutdown().await;
+            return Ok(PumpEnd::Eof);
+        }
+    }
+}
