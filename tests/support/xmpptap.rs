@@ -1,0 +1,152 @@
+//! Runs the real `xmpptap` binary as a child process, the way an operator would.
+//!
+//! [`Xmpptap::start`] passes the given arguments plus `--log <dir>/transcript.jsonl --ca-dir <dir>/ca`, waits
+//! for the "listening on ADDR" line on stderr and returns the bound addresses. The child is killed on Drop;
+//! its stderr is kept and printed if the test panics.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running xmpptap.
+pub struct Xmpptap {
+    child: Child,
+    dir: PathBuf,
+    /// The S2S listening addresses, as xmpptap reported them.
+    pub listening: Vec<SocketAddr>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Xmpptap {
+    /// Starts `xmpptap proxy ARGS...` with a fresh working directory and waits until it listens.
+    pub async fn start(args: &[String]) -> Xmpptap {
+        let dir = std::env::temp_dir().join(format!(
+            "xmpptap-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xmpptap"))
+            .arg("proxy")
+            .args(args)
+            .arg("--log")
+            .arg(dir.join("transcript.jsonl"))
+            .arg("--ca-dir")
+            .arg(dir.join("ca"))
+            .env("RUST_LOG", "xmpptap=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start xmpptap: {e}"));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let kept = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    if let Some(addr) = addr.split_whitespace().next().and_then(|a| a.parse().ok())
+                    {
+                        let _ = tx.send(addr);
+                    }
+                }
+                kept.lock().expect("stderr lock").push(line);
+            }
+        });
+        let mut tap = Xmpptap {
+            child,
+            dir,
+            listening: Vec::new(),
+            stderr: lines,
+        };
+        match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
+            Ok(Some(addr)) => tap.listening.push(addr),
+            _ => panic!("xmpptap did not start listening:\n{}", tap.stderr_text()),
+        }
+        tap
+    }
+
+    /// The first listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listening[0]
+    }
+
+    /// Where this instance's files live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Everything xmpptap wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("stderr lock").join("\n")
+    }
+
+    /// The transcript so far, one JSON value per line.
+    pub fn transcript(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join("transcript.jsonl")).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("transcript line {line:?}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until some transcript event satisfies `pred` and returns it (the writer flushes shortly after
+    /// events stop arriving).
+    pub async fn wait_event(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(event) = self.transcript().into_iter().find(|e| pred(e)) {
+                return event;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no transcript event {what}; transcript:\n{}\nstderr:\n{}",
+                    std::fs::read_to_string(self.dir.join("transcript.jsonl")).unwrap_or_default(),
+                    self.stderr_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit, returning its status code.
+    pub async fn stop(mut self) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status();
+        }
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => None,
+        }
+    }
+}
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Drop for Xmpptap {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- xmpptap stderr ({}) ---\n{}",
+                self.dir.display(),
+                self.stderr_text()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
