@@ -8,12 +8,21 @@ use tokio_util::sync::CancellationToken;
 use xmpptap::cli::{CaCommand, Cli, Command, ProxyArgs};
 use xmpptap::config::ProxyConfig;
 use xmpptap::tls::ca::Ca;
+use xmpptap::tls::ca::CaError;
 
 /// Exit code for bad usage or configuration (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version are not errors; everything else clap rejects is bad usage.
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     init_tracing(cli.verbose);
     match cli.command {
         Command::Proxy(args) => proxy(&args),
@@ -65,10 +74,38 @@ fn proxy(args: &ProxyArgs) -> ExitCode {
     }
 }
 
-/// `--check`: everything `run` would build, without serving.
+/// `--check`: everything `run` would build, without serving and without creating anything: a CA that does not
+/// exist yet is reported (the first real run creates it), and the upstream trust is checked with a throwaway CA.
 async fn check(config: ProxyConfig) -> ExitCode {
-    if let Err(e) = xmpptap::listen::tls_context(&config) {
-        return fail(EXIT_USAGE, &e);
+    let ca = match Ca::load(&config.ca_dir) {
+        Ok(ca) => {
+            let info = ca.describe();
+            format!(
+                "{} ({}, SHA-256 {})",
+                config.ca_dir.display(),
+                info.subject,
+                info.sha256_fingerprint
+            )
+        }
+        Err(CaError::NotFound { .. }) => format!(
+            "{} (none yet; the first run creates it)",
+            config.ca_dir.display()
+        ),
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    let scratch = std::env::temp_dir().join(format!("xmpptap-check-{}", std::process::id()));
+    // Silenced: "created a new CA" would be misleading for a CA that is deleted right away.
+    let throwaway =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            Ca::init(&scratch, true)
+        });
+    let trust = throwaway
+        .map(|ca| xmpptap::tls::TlsContext::new(std::sync::Arc::new(ca), &config.upstream_trust));
+    let _ = std::fs::remove_dir_all(&scratch);
+    match trust {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return fail(EXIT_USAGE, &e),
+        Err(e) => return fail(1, &e),
     }
     if let Err(e) = xmpptap::listen::router(&config, &config.s2s_listen) {
         return fail(EXIT_USAGE, &e);
@@ -86,7 +123,7 @@ async fn check(config: ProxyConfig) -> ExitCode {
         "  upstream TLS: {:?}, trust {:?}",
         config.upstream_tls, config.upstream_trust
     );
-    println!("  CA:           {}", config.ca_dir.display());
+    println!("  CA:           {ca}");
     if let Some(log) = &config.log {
         println!("  transcript:   {}", log.display());
     }

@@ -69,14 +69,19 @@ impl<IO: AsyncRead + Unpin> Leg<IO> {
     /// stream in the middle of a frame is [`SessionError::Truncated`]. Cancel-safe (a single `read_buf`).
     pub async fn fill(&mut self) -> Result<usize, SessionError> {
         self.buf.reserve(READ_CHUNK);
-        let n = self
-            .io
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(|source| SessionError::Io {
-                side: self.side,
-                source,
-            })?;
+        let n = match self.io.read_buf(&mut self.buf).await {
+            Ok(n) => n,
+            // TLS without close_notify: XMPP has its own close (`</stream:stream>`), and servers such
+            // as Prosody routinely drop the TCP connection after it. Treat it as an end of stream; a
+            // truncated element is still caught below.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(source) => {
+                return Err(SessionError::Io {
+                    side: self.side,
+                    source,
+                })
+            }
+        };
         if n == 0 && !self.buf.iter().all(u8::is_ascii_whitespace) {
             return Err(SessionError::Truncated { side: self.side });
         }

@@ -300,24 +300,30 @@ impl Session<'_> {
         tracing::Span::current().record("to", domain.as_str());
 
         // Connect upstream.
-        let connected =
-            match connect::connect(&self.ctx.router, &domain, &self.ctx.config.connect).await {
-                Ok(connected) => connected,
-                Err(error) => {
-                    self.ctx.tap.emit(Event::now(
-                        self.conn,
-                        None,
-                        EventKind::UpstreamFailed {
-                            domain: domain.clone(),
-                            error: error.to_string(),
-                        },
-                    ));
-                    return self
-                        .refuse(&mut ini, Some(&header), SessionError::Connect(error))
-                        .await;
-                }
-            };
-        tracing::info!(%domain, addr = %connected.candidate.addr, "upstream connected");
+        let connecting = connect::connect(&self.ctx.router, &domain, &self.ctx.config.connect);
+        let connected = tokio::select! {
+            connected = connecting => connected,
+            _ = self.shutdown.cancelled() => {
+                let header = header.clone();
+                return self.refuse(&mut ini, Some(&header), SessionError::Shutdown).await;
+            }
+        };
+        let connected = match connected {
+            Ok(connected) => connected,
+            Err(error) => {
+                self.ctx.tap.emit(Event::now(
+                    self.conn,
+                    None,
+                    EventKind::UpstreamFailed {
+                        domain: domain.clone(),
+                        error: error.to_string(),
+                    },
+                ));
+                return self
+                    .refuse(&mut ini, Some(&header), SessionError::Connect(error))
+                    .await;
+            }
+        };
         self.ctx.tap.emit(Event::now(
             self.conn,
             None,
@@ -570,7 +576,9 @@ impl Session<'_> {
             Ok(Err(e)) => return Err(tls_error(e.to_string())),
             Err(_) => return Err(tls_error(String::from("timed out"))),
         };
-        let info = crate::tls::client_info(tls.get_ref().1);
+        let mut info = crate::tls::client_info(tls.get_ref().1);
+        // rustls does not report the SNI it sent; it is the name xmpptap passed to connect().
+        info.sni = Some(domain.to_owned());
         tracing::info!(side = "receiver", version = %info.version, cipher = %info.cipher, "TLS established");
         self.down.own(EventKind::TlsEstablished {
             side: Side::Receiver,
