@@ -257,6 +257,33 @@ fn protocol_error_event(side: Side, condition: &'static str, error: &SessionErro
     }
 }
 
+/// What xmpptap tells (initiator, receiver) when `error` ends a session on which both have a stream: the
+/// culprit gets a stream error, the other side a clean `</stream:stream>`; with no culprit (shutdown, upstream
+/// failure) both get the error; a culprit whose connection broke gets nothing new, the other side the close.
+fn last_words(error: &SessionError) -> (Vec<u8>, Vec<u8>) {
+    let close = b"</stream:stream>".to_vec();
+    let Some(condition) = error.condition() else {
+        return (close.clone(), close);
+    };
+    let words = element::stream_error(condition, Some(&error.to_string()));
+    match error.culprit() {
+        Some(Side::Initiator) => (words, close),
+        Some(Side::Receiver) => (close, words),
+        None => (words.clone(), words),
+    }
+}
+
+/// Records a `protocol_error` event in the direction toward the culprit (the direction its error goes).
+fn record_protocol_error(up: &Observer, down: &Observer, error: &SessionError) {
+    if let (Some(side), Some(condition)) = (error.culprit(), error.condition()) {
+        let toward = match side {
+            Side::Initiator => down,
+            Side::Receiver => up,
+        };
+        toward.own(protocol_error_event(side, condition, error));
+    }
+}
+
 /// The state of one session while it negotiates.
 struct Session<'a> {
     ctx: &'a Context,
@@ -367,9 +394,10 @@ impl Session<'_> {
     ) -> Result<Negotiated, Ended> {
         let step = self.ctx.config.limits.negotiation_timeout;
         loop {
-            // The initiator's header goes up unchanged.
+            // The initiator's header goes up unchanged. Until the receiver's comes down, the initiator has no
+            // header on its current stream: errors up to there are `abort(.., true)`.
             if let Err(e) = send(&mut rec, &ini_header).await {
-                return Err(self.abort(&mut ini, &mut rec, e, false).await);
+                return Err(self.abort(&mut ini, &mut rec, e, true).await);
             }
 
             // ExpectReceiverHeader: its header (and stream id) comes down unchanged, unless xmpptap first
@@ -379,7 +407,7 @@ impl Session<'_> {
                 .await
             {
                 Ok(frame) => frame,
-                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, true).await),
             };
             self.down.frame(&frame, &rec_header);
             let hold = self.ctx.config.upstream_tls == crate::cli::UpstreamTls::Always
@@ -404,7 +432,12 @@ impl Session<'_> {
 
             // ExpectReceiverFeatures
             let (frame, features_bytes) = match self
-                .read_element(&mut rec, &mut ini, step, "stream features")
+                .read_element(
+                    &mut rec,
+                    (!hold).then_some(&mut ini),
+                    step,
+                    "stream features",
+                )
                 .await
             {
                 Ok(frame) => frame,
@@ -439,7 +472,7 @@ impl Session<'_> {
 
             // ExpectStarttls: the initiator may take the offer or go on in plaintext.
             let (frame, bytes) = match self
-                .read_element(&mut ini, &mut rec, step, "<starttls/> or a stanza")
+                .read_element(&mut ini, Some(&mut rec), step, "<starttls/> or a stanza")
                 .await
             {
                 Ok(frame) => frame,
@@ -455,7 +488,7 @@ impl Session<'_> {
 
             // ExpectProceed
             let (frame, proceed) = match self
-                .read_element(&mut rec, &mut ini, step, "<proceed/>")
+                .read_element(&mut rec, Some(&mut ini), step, "<proceed/>")
                 .await
             {
                 Ok(frame) => frame,
@@ -501,7 +534,7 @@ impl Session<'_> {
                 .await
             {
                 Ok(frame) => frame,
-                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, true).await),
             };
             self.up.frame(&frame, &header);
             ini_header = header;
@@ -522,7 +555,7 @@ impl Session<'_> {
         self.up.own(EventKind::Starttls {
             xml: Xml(Bytes::from_static(STARTTLS)),
         });
-        let (frame, proceed) = match self.read_element(&mut rec, ini, step, "<proceed/>").await {
+        let (frame, proceed) = match self.read_element(&mut rec, None, step, "<proceed/>").await {
             Ok(frame) => frame,
             Err(e) => return Err(self.abort(ini, &mut rec, e, true).await),
         };
@@ -542,9 +575,14 @@ impl Session<'_> {
             Ok(rec) => Ok(rec),
             Err(e) => {
                 let header = self.up.header.clone().unwrap_or_default();
+                let reason = e.to_string();
+                self.down.own(EventKind::TlsFailed {
+                    side: Side::Receiver,
+                    error: reason.clone(),
+                });
                 let error = SessionError::Tls {
                     side: Side::Receiver,
-                    reason: e.to_string(),
+                    reason,
                 };
                 Err(self.refuse(ini, Some(&header), error).await)
             }
@@ -658,11 +696,13 @@ impl Session<'_> {
         }
     }
 
-    /// The next top-level element from `from`; whitespace keepalives before it are passed on to `to`.
+    /// The next top-level element from `from`; whitespace keepalives before it are passed on to `to`, or
+    /// dropped when `to` is `None` because xmpptap holds back that side's stream header (`--upstream-tls
+    /// always`): whitespace ahead of the header's XML declaration would make the stream ill-formed.
     async fn read_element(
         &mut self,
         from: &mut Leg<Transport>,
-        to: &mut Leg<Transport>,
+        mut to: Option<&mut Leg<Transport>>,
         timeout: Duration,
         expected: &'static str,
     ) -> Result<(Frame, Bytes), SessionError> {
@@ -670,7 +710,13 @@ impl Session<'_> {
             let (frame, bytes) = self.read(from, timeout, expected).await?;
             match frame.kind {
                 FrameKind::Stanza => return Ok((frame, bytes)),
-                FrameKind::Whitespace => send(to, &bytes).await?,
+                FrameKind::Whitespace => match to.as_deref_mut() {
+                    Some(to) => send(to, &bytes).await?,
+                    None => tracing::trace!(
+                        len = bytes.len(),
+                        "keepalive dropped: no stream to pass it on"
+                    ),
+                },
                 FrameKind::StreamOpen | FrameKind::StreamClose => {
                     return Err(SessionError::Unexpected {
                         side: from.side,
@@ -707,7 +753,9 @@ impl Session<'_> {
     }
 
     /// Ends a session before any upstream stream reached the initiator: xmpptap opens a stream of its own
-    /// toward the initiator (RFC 6120 4.9.1.2) and sends the error on it.
+    /// toward the initiator (RFC 6120 4.9.1.2) and sends the error on it. When the receiver is at fault, the
+    /// initiator is told `remote-connection-failed`, as when the receiver cannot be reached at all; the
+    /// receiver's own error is the caller's business.
     async fn refuse(
         &mut self,
         ini: &mut Leg<Transport>,
@@ -715,7 +763,10 @@ impl Session<'_> {
         error: SessionError,
     ) -> Ended {
         log_error(&error);
-        let condition = error.condition();
+        let condition = match error.culprit() {
+            Some(Side::Receiver) => Some("remote-connection-failed"),
+            _ => error.condition(),
+        };
         if let Some(condition) = condition {
             if error.culprit() == Some(Side::Initiator) {
                 self.down
@@ -733,7 +784,7 @@ impl Session<'_> {
             .await;
             if let Ok(Ok(())) = written {
                 self.down.own(observe::stream_opened(
-                    0,
+                    self.down.streams,
                     None,
                     Origin::Xmpptap,
                     Bytes::from(reply),
@@ -749,7 +800,8 @@ impl Session<'_> {
     }
 
     /// Ends a negotiating session: the culprit gets a stream error, the other side a clean close.
-    /// `initiator_unopened` says the initiator has not yet received a stream header on its current stream.
+    /// `initiator_unopened` says the initiator has not yet received a stream header on its current stream: it
+    /// then gets one of xmpptap's own first (see [`Self::refuse`]), so that what it reads is a well-formed stream.
     async fn abort(
         &mut self,
         ini: &mut Leg<Transport>,
@@ -758,34 +810,37 @@ impl Session<'_> {
         initiator_unopened: bool,
     ) -> Ended {
         if initiator_unopened {
+            // xmpptap has opened a stream toward the receiver: it can be told what it did wrong.
+            let rec_words = match (error.culprit(), error.condition()) {
+                (Some(Side::Receiver), Some(condition)) => {
+                    self.up
+                        .own(protocol_error_event(Side::Receiver, condition, &error));
+                    element::stream_error(condition, Some(&error.to_string()))
+                }
+                (None, Some(condition)) => {
+                    element::stream_error(condition, Some(&error.to_string()))
+                }
+                _ => b"</stream:stream>".to_vec(),
+            };
             let header = self.up.header.clone().unwrap_or_default();
             let ended = self.refuse(ini, Some(&header), error).await;
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                rec.io.write_all(b"</stream:stream>"),
-            )
+            let written = tokio::time::timeout(Duration::from_secs(2), async {
+                rec.io.write_all(&rec_words).await?;
+                rec.io.shutdown().await
+            })
             .await;
+            if let Ok(Ok(())) = written {
+                self.up.own_words(&rec_words);
+            }
             self.bytes = [ini.bytes_read, rec.bytes_read];
             return ended;
         }
         log_error(&error);
-        let text = error.to_string();
-        let close: &[u8] = b"</stream:stream>";
-        let culprit_words = error
-            .condition()
-            .map(|c| element::stream_error(c, Some(&text)));
-        let (ini_words, rec_words) = match (error.culprit(), &culprit_words) {
-            (Some(Side::Initiator), Some(words)) => (&words[..], close),
-            (Some(Side::Receiver), Some(words)) => (close, &words[..]),
-            (None, Some(words)) => (&words[..], &words[..]),
-            (_, None) => (close, close),
-        };
-        if let (Some(side), Some(condition)) = (error.culprit(), error.condition()) {
-            self.up.own(protocol_error_event(side, condition, &error));
-        }
+        let (ini_words, rec_words) = last_words(&error);
+        record_protocol_error(&self.up, &self.down, &error);
         for (leg, words, obs) in [
-            (&mut *ini, ini_words, &self.down),
-            (&mut *rec, rec_words, &self.up),
+            (&mut *ini, &ini_words[..], &self.down),
+            (&mut *rec, &rec_words[..], &self.up),
         ] {
             let written = tokio::time::timeout(Duration::from_secs(5), async {
                 leg.io.write_all(words).await?;
@@ -799,7 +854,7 @@ impl Session<'_> {
         self.bytes = [ini.bytes_read, rec.bytes_read];
         Ended {
             by: error.culprit().map_or(ClosedBy::Xmpptap, ClosedBy::from),
-            reason: text,
+            reason: error.to_string(),
         }
     }
 

@@ -7,7 +7,6 @@ use super::transport::Transport;
 use super::{Ended, SessionError};
 use crate::side::Side;
 use crate::tap::ClosedBy;
-use crate::xml::element::stream_error;
 use crate::xml::framer::Frame;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
@@ -98,17 +97,8 @@ pub async fn relay(
         }
         Err(error) => {
             super::log_error(&error);
-            let (ini_words, rec_words) = last_words(&error);
-            if let Some(condition) = error.condition() {
-                if let Some(culprit) = error.culprit() {
-                    let obs = if culprit == Side::Initiator {
-                        &*down
-                    } else {
-                        &*up
-                    };
-                    obs.own(super::protocol_error_event(culprit, condition, &error));
-                }
-            }
+            let (ini_words, rec_words) = super::last_words(&error);
+            super::record_protocol_error(up, down, &error);
             say(&mut ini_w, &ini_words, down).await;
             say(&mut rec_w, &rec_words, up).await;
             Ended {
@@ -118,23 +108,6 @@ pub async fn relay(
         }
     };
     (ended, [ini.bytes_read, rec.bytes_read])
-}
-
-/// What xmpptap tells each side when `error` ends the relay: the culprit gets a stream error, the other side a
-/// clean `</stream:stream>`; on shutdown both get `<system-shutdown/>`.
-fn last_words(error: &SessionError) -> (Vec<u8>, Vec<u8>) {
-    let close = b"</stream:stream>".to_vec();
-    let text = error.to_string();
-    match (error.culprit(), error.condition()) {
-        (Some(Side::Initiator), Some(condition)) => (stream_error(condition, Some(&text)), close),
-        (Some(Side::Receiver), Some(condition)) => (close, stream_error(condition, Some(&text))),
-        (None, Some(condition)) => (
-            stream_error(condition, Some(&text)),
-            stream_error(condition, Some(&text)),
-        ),
-        // A side's connection failed: tell whoever is still there that the stream is over.
-        (_, None) => (close.clone(), close),
-    }
 }
 
 /// Writes xmpptap's last words to one side (bounded in time), records them, and closes the write side.

@@ -8,6 +8,7 @@
 //!   pointed at `dns`, and registers accounts.
 //! - `client`: a minimal C2S client (SASL PLAIN, bind, presence, messages).
 //! - `xmpptap`: runs the real `xmpptap` binary and reads its transcript.
+//! - `fake`: fake XMPP peers speaking literal bytes (plain and TLS), for the proxy's edge cases.
 //!
 //! # Addresses
 //! Each test gets its own slice of loopback, `127.<file>.<test>.<host>` (see [`addr`]), so tests
@@ -31,6 +32,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod fake;
 pub mod prosody;
 pub mod xmpptap;
 
