@@ -99,13 +99,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let tls = tls_context(&config)?;
     let bound = bind(&config).await?;
     let router = router(&config, &bound.addrs)?;
-    let (tap, writer) = match &config.log {
-        None => (Tap::disabled(), None),
-        Some(path) => {
-            let (tap, rx) = Tap::channel();
-            (tap, Some(tokio::spawn(write_log(rx, path.clone()).await?)))
-        }
-    };
+    let (tap, writer) = start_tap(&config)?;
     let ctx = Arc::new(Context {
         config,
         router,
@@ -141,35 +135,48 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     drop(ctx);
     if let Some(writer) = writer {
         // The writer ends once the last Tap is gone; sessions that did not finish still hold theirs.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        let _ = tokio::time::timeout(Duration::from_secs(2), joined).await;
     }
     Ok(())
 }
 
-/// Opens the transcript sink and returns the writer future.
-async fn write_log(
-    rx: tap::TapReceiver,
-    path: std::path::PathBuf,
-) -> Result<impl std::future::Future<Output = ()>, RunError> {
-    let out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if path == Path::new("-") {
-        Box::new(tokio::io::stdout())
-    } else {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .await
-            .map_err(|source| RunError::Log {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Box::new(file)
-    };
-    Ok(async move {
-        if let Err(e) = tap::jsonl::write_transcript(rx, out).await {
-            tracing::error!(error = %e, path = %path.display(), "transcript writer failed; transcript stops here");
-        }
-    })
+/// Opens every configured output and starts the tap writer thread; a disabled tap when there is none.
+fn start_tap(config: &ProxyConfig) -> Result<(Tap, Option<std::thread::JoinHandle<()>>), RunError> {
+    let mut sinks: Vec<Box<dyn tap::Sink>> = Vec::new();
+    if let Some(path) = &config.log {
+        let out: Box<dyn std::io::Write + Send> = if path == Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(open_append(path)?)
+        };
+        sinks.push(Box::new(tap::jsonl::JsonlSink::new(
+            out,
+            path.display().to_string(),
+        )));
+    }
+    if sinks.is_empty() {
+        return Ok((Tap::disabled(), None));
+    }
+    let wants_data = false;
+    let (tap, rx) = Tap::channel(wants_data);
+    let writer = tap::spawn_writer(rx, sinks).map_err(|source| RunError::Log {
+        path: String::from("(tap writer thread)"),
+        source,
+    })?;
+    Ok((tap, Some(writer)))
+}
+
+/// Opens an output file for appending, creating it if needed.
+fn open_append(path: &Path) -> Result<std::fs::File, RunError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| RunError::Log {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// Accepts connections until shutdown. Accept errors (e.g. out of file descriptors) back off and retry.

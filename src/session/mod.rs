@@ -364,6 +364,7 @@ impl Session<'_> {
                     .iter()
                     .map(|a| format!("{}: {}", a.addr, a.error))
                     .collect(),
+                local: connected.stream.local_addr().ok(),
             },
         ));
         let rec = Leg::new(
@@ -396,7 +397,7 @@ impl Session<'_> {
         loop {
             // The initiator's header goes up unchanged. Until the receiver's comes down, the initiator has no
             // header on its current stream: errors up to there are `abort(.., true)`.
-            if let Err(e) = send(&mut rec, &ini_header).await {
+            if let Err(e) = self.send(&mut rec, &ini_header).await {
                 return Err(self.abort(&mut ini, &mut rec, e, true).await);
             }
 
@@ -414,7 +415,7 @@ impl Session<'_> {
                 && !rec.io.is_tls()
                 && !ini.io.is_tls();
             if !hold {
-                if let Err(e) = send(&mut ini, &rec_header).await {
+                if let Err(e) = self.send(&mut ini, &rec_header).await {
                     return Err(self.abort(&mut ini, &mut rec, e, false).await);
                 }
             }
@@ -423,7 +424,7 @@ impl Session<'_> {
             if !version_1 {
                 // A pre-1.0 stream has no features: straight to the relay (dialback without STARTTLS).
                 if hold {
-                    if let Err(e) = send(&mut ini, &rec_header).await {
+                    if let Err(e) = self.send(&mut ini, &rec_header).await {
                         return Err(self.abort(&mut ini, &mut rec, e, false).await);
                     }
                 }
@@ -459,11 +460,11 @@ impl Session<'_> {
                     continue;
                 }
                 tracing::warn!("--upstream-tls always, but the receiver does not offer STARTTLS");
-                if let Err(e) = send(&mut ini, &rec_header).await {
+                if let Err(e) = self.send(&mut ini, &rec_header).await {
                     return Err(self.abort(&mut ini, &mut rec, e, false).await);
                 }
             }
-            if let Err(e) = send(&mut ini, &features_bytes).await {
+            if let Err(e) = self.send(&mut ini, &features_bytes).await {
                 return Err(self.abort(&mut ini, &mut rec, e, false).await);
             }
             if features.is_none() || !offers_tls || ini.io.is_tls() {
@@ -479,7 +480,7 @@ impl Session<'_> {
                 Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
             };
             self.up.frame(&frame, &bytes);
-            if let Err(e) = send(&mut rec, &bytes).await {
+            if let Err(e) = self.send(&mut rec, &bytes).await {
                 return Err(self.abort(&mut ini, &mut rec, e, false).await);
             }
             if !self.is_tls_element(&frame, &bytes, Direction::Up, "starttls") {
@@ -497,7 +498,7 @@ impl Session<'_> {
             self.down.frame(&frame, &proceed);
             if !self.is_tls_element(&frame, &proceed, Direction::Down, "proceed") {
                 // <failure/> or anything else: let the initiator see it and the peers end it themselves.
-                if let Err(e) = send(&mut ini, &proceed).await {
+                if let Err(e) = self.send(&mut ini, &proceed).await {
                     return Err(self.abort(&mut ini, &mut rec, e, false).await);
                 }
                 return Ok(Negotiated { ini, rec });
@@ -517,7 +518,7 @@ impl Session<'_> {
                     return Err(self.ended_by_tls(e));
                 }
             };
-            if let Err(e) = send(&mut ini, &proceed).await {
+            if let Err(e) = self.send(&mut ini, &proceed).await {
                 return Err(self.ended_after(e));
             }
             ini = match self.tls_downstream(ini, domain).await {
@@ -549,7 +550,7 @@ impl Session<'_> {
         domain: &str,
     ) -> Result<Leg<Transport>, Ended> {
         let step = self.ctx.config.limits.negotiation_timeout;
-        if let Err(e) = send(&mut rec, STARTTLS).await {
+        if let Err(e) = self.send(&mut rec, &Bytes::from_static(STARTTLS)).await {
             return Err(self.abort(ini, &mut rec, e, true).await);
         }
         self.up.own(EventKind::Starttls {
@@ -677,6 +678,24 @@ impl Session<'_> {
         })
     }
 
+    /// Writes `bytes` to a leg, flushing TLS records, and records them for captures.
+    async fn send(&self, leg: &mut Leg<Transport>, bytes: &Bytes) -> Result<(), SessionError> {
+        let side = leg.side;
+        let io = |source| SessionError::Io { side, source };
+        leg.io.write_all(bytes).await.map_err(io)?;
+        leg.io.flush().await.map_err(io)?;
+        self.toward(side).data(side, true, bytes);
+        Ok(())
+    }
+
+    /// The observer of the direction toward `side` (what xmpptap writes to it).
+    fn toward(&self, side: Side) -> &Observer {
+        match side {
+            Side::Initiator => &self.down,
+            Side::Receiver => &self.up,
+        }
+    }
+
     /// The next frame from `leg`, bounded by `timeout` and shutdown.
     async fn read(
         &self,
@@ -687,7 +706,14 @@ impl Session<'_> {
         let side = leg.side;
         tokio::select! {
             result = tokio::time::timeout(timeout, leg.next_frame()) => match result {
-                Ok(Ok(Some(frame))) => Ok(frame),
+                Ok(Ok(Some(frame))) => {
+                    let from = match side {
+                        Side::Initiator => &self.up,
+                        Side::Receiver => &self.down,
+                    };
+                    from.data(side, false, &frame.1);
+                    Ok(frame)
+                }
                 Ok(Ok(None)) => Err(SessionError::Closed { side, expected }),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(SessionError::Timeout { side, expected, after: timeout }),
@@ -711,7 +737,7 @@ impl Session<'_> {
             match frame.kind {
                 FrameKind::Stanza => return Ok((frame, bytes)),
                 FrameKind::Whitespace => match to.as_deref_mut() {
-                    Some(to) => send(to, &bytes).await?,
+                    Some(to) => self.send(to, &bytes).await?,
                     None => tracing::trace!(
                         len = bytes.len(),
                         "keepalive dropped: no stream to pass it on"
@@ -882,19 +908,6 @@ impl Session<'_> {
             reason: error.to_string(),
         }
     }
-}
-
-/// Writes `bytes` to a leg, flushing TLS records.
-async fn send(leg: &mut Leg<Transport>, bytes: &[u8]) -> Result<(), SessionError> {
-    let io = |source| SessionError::Io {
-        side: leg.side,
-        source,
-    };
-    leg.io.write_all(bytes).await.map_err(io)?;
-    leg.io.flush().await.map_err(|source| SessionError::Io {
-        side: leg.side,
-        source,
-    })
 }
 
 /// TLS starts right after `<proceed/>`: the receiver must not have sent anything after it.

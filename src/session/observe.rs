@@ -2,7 +2,7 @@
 //! observer parses only the start tag (and, for the few stream-level elements that have their own event, the
 //! element), and only when someone is listening.
 
-use crate::side::Direction;
+use crate::side::{Direction, Side};
 use crate::tap::event::{Origin, Xml};
 use crate::tap::{Event, EventKind, Tap};
 use crate::xml::element::{
@@ -81,6 +81,22 @@ impl Observer {
     /// Records something xmpptap itself wrote in this direction.
     pub fn own(&self, kind: EventKind) {
         self.emit(kind);
+    }
+
+    /// Records bytes that crossed a leg, for capture sinks (see [`EventKind::Data`]). Cheap when no sink wants
+    /// them: the bytes are reference-counted, never copied.
+    pub fn data(&self, leg: Side, outbound: bool, bytes: &Bytes) {
+        if self.tap.wants_data() {
+            self.tap.emit(Event::now(
+                self.conn,
+                Some(self.dir),
+                EventKind::Data {
+                    leg,
+                    outbound,
+                    bytes: Xml(bytes.clone()),
+                },
+            ));
+        }
     }
 
     /// Records the last words xmpptap wrote in this direction on its own: a stream error and/or the close.

@@ -96,6 +96,8 @@ pub enum EventKind {
         route: RouteSource,
         /// Earlier attempts that failed, as `addr: error`.
         failed: Vec<String>,
+        /// xmpptap's own address on the upstream connection.
+        local: Option<SocketAddr>,
     },
     /// No connection to the receiving server could be made.
     UpstreamFailed {
@@ -193,6 +195,16 @@ pub enum EventKind {
     },
     /// The writer fell behind and this many events were dropped since the last report.
     TapDropped { count: u64 },
+    /// Bytes that crossed one leg, as the application sees them (decrypted when the leg uses TLS). Only built
+    /// when a capture sink wants them ([`super::Tap::wants_data`]); the JSON Lines transcript skips them.
+    Data {
+        /// The leg: `initiator` (between the initiator and xmpptap) or `receiver` (xmpptap and upstream).
+        leg: Side,
+        /// `true`: xmpptap wrote them to that peer; `false`: xmpptap read them from it.
+        outbound: bool,
+        /// The bytes.
+        bytes: Xml,
+    },
 }
 
 /// The original bytes of a frame, serialized as a string. Frames are checked to be UTF-8 by the framer; anything

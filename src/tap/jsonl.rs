@@ -1,47 +1,47 @@
-//! The JSON Lines transcript writer: one object per line, drained from the tap channel by a single task.
-//!
-//! It buffers writes and flushes whenever the channel runs empty, so `tail -f` sees events as they happen while
-//! a busy proxy still writes in large batches. It never blocks the relay: see [`super::CHANNEL_CAPACITY`].
+//! The JSON Lines transcript: one object per event and line. [`EventKind::Data`] events (raw leg bytes for
+//! captures) are not written: every byte they carry is already in the frame events.
 
-use super::{Event, EventKind, TapReceiver};
-use std::io;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use super::{Event, EventKind, Sink};
+use std::io::{self, BufWriter, Write};
 
-/// Drains `rx` into `out` until every [`super::Tap`] is dropped. Reports dropped events as `tap_dropped`
-/// records (conn 0) as soon as the writer notices them.
-pub async fn write_transcript<W: AsyncWrite + Unpin>(
-    mut rx: TapReceiver,
-    out: W,
-) -> io::Result<()> {
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
-    let mut line = Vec::with_capacity(1024);
-    let mut reported_drops = 0;
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(event) = next {
-            write_event(&mut out, &mut line, &event).await?;
-            next = rx.try_recv();
-        }
-        let dropped = rx.dropped();
-        if dropped > reported_drops {
-            let count = dropped - reported_drops;
-            reported_drops = dropped;
-            tracing::warn!(count, "transcript writer fell behind; events dropped");
-            let event = Event::now(0, None, EventKind::TapDropped { count });
-            write_event(&mut out, &mut line, &event).await?;
-        }
-        out.flush().await?;
-    }
-    out.flush().await
+/// Writes events as JSON Lines to a file or stdout.
+pub struct JsonlSink {
+    out: BufWriter<Box<dyn Write + Send>>,
+    name: String,
 }
 
-async fn write_event<W: AsyncWrite + Unpin>(
-    out: &mut W,
-    line: &mut Vec<u8>,
-    event: &Event,
-) -> io::Result<()> {
-    line.clear();
-    serde_json::to_writer(&mut *line, event).map_err(io::Error::other)?;
-    line.push(b'\n');
-    out.write_all(line).await
+impl std::fmt::Debug for JsonlSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonlSink")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl JsonlSink {
+    /// A sink writing to `out`; `name` says where, for error messages.
+    pub fn new(out: Box<dyn Write + Send>, name: String) -> Self {
+        JsonlSink {
+            out: BufWriter::with_capacity(64 * 1024, out),
+            name,
+        }
+    }
+}
+
+impl Sink for JsonlSink {
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        if matches!(event.kind, EventKind::Data { .. }) {
+            return Ok(());
+        }
+        serde_json::to_writer(&mut self.out, event).map_err(io::Error::other)?;
+        self.out.write_all(b"\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn name(&self) -> String {
+        format!("transcript {}", self.name)
+    }
 }
