@@ -19,6 +19,7 @@
 //! - 10: `prosody_direct.rs`
 //! - 20: `federation.rs`
 //! - 30: `proxy_edge_cases.rs`
+//! - 90: `examples/federation_demo.rs`
 //!
 //! `<test>` numbers the tests inside a file (from 1). `<host>` by convention: 2 and 3 the first
 //! and second XMPP server, 10 the proxy, 53 the DNS server.

@@ -30,7 +30,7 @@ impl Xmpptap {
             NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xmpptap"))
+        let mut child = Command::new(binary())
             .arg("proxy")
             .args(args)
             .arg("--log")
@@ -132,6 +132,17 @@ impl Xmpptap {
             Ok(Ok(status)) => status.code(),
             _ => None,
         }
+    }
+}
+
+/// The binary under test: Cargo's `CARGO_BIN_EXE_xmpptap` in integration tests; elsewhere (examples, which
+/// Cargo does not give it) the `XMPPTAP_BIN` environment variable at run time.
+fn binary() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_xmpptap") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::var_os("XMPPTAP_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            panic!("XMPPTAP_BIN is not set: point it at the xmpptap binary (e.g. target/debug/xmpptap)")
+        }),
     }
 }
 
