@@ -2,7 +2,7 @@
 //!
 //! This module only describes flags; [`crate::config`] merges them with the config file and validates.
 
-use crate::upstream::route::HostPort;
+use crate::upstream::route::RouteTarget;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -35,7 +35,8 @@ pub enum Command {
     /// Intercept server-to-server streams (port 5269) and transcribe them.
     ///
     /// Each initiating server's stream goes to the domain in its stream header's `to`: a --route for that
-    /// domain wins, else --upstream, else DNS SRV `_xmpp-server._tcp.DOMAIN` (then A/AAAA on 5269).
+    /// domain wins, else --upstream, else DNS SRV `_xmpps-server._tcp.DOMAIN` (Direct TLS) and
+    /// `_xmpp-server._tcp.DOMAIN` ordered together (XEP-0368), then A/AAAA on 5269.
     /// Point the initiating servers at xmpptap (DNS/SRV, or their own static routes) and make them trust the
     /// CA printed by `xmpptap ca export`, or disable certificate checks for S2S on them.
     ///
@@ -46,6 +47,105 @@ pub enum Command {
         #[command(subcommand)]
         action: CaCommand,
     },
+    /// Print a JSON Lines transcript for people: time, connection, direction with the domains, a summary and
+    /// the XML pretty-printed (coloured on a terminal).
+    ///
+    /// Example: xmpptap show transcript.jsonl --follow --domain b.test --element message
+    Show(ShowArgs),
+    /// Make a shareable copy of a transcript (secrets redacted by default), and a pcap from it.
+    ///
+    /// Example: xmpptap export transcript.jsonl -o shared.jsonl --pcap shared.pcap
+    Export(ExportArgs),
+}
+
+/// `xmpptap show` flags. Filters of different kinds must all match; a filter given several times matches any
+/// of its values.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The transcript ("-" for stdin).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Keep reading as the file grows (like tail -f), until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+
+    /// Only connection N.
+    #[arg(long, value_name = "N")]
+    pub conn: Vec<u64>,
+
+    /// Only records involving DOMAIN: either side of the connection's domain pair, or the record's from/to.
+    #[arg(long, value_name = "DOMAIN")]
+    pub domain: Vec<String>,
+
+    /// Only one direction: up (initiator to receiver) or down.
+    #[arg(long, value_enum, value_name = "DIR")]
+    pub dir: Option<DirFilter>,
+
+    /// Only records whose XML is a NAME element (message, iq, db:result or result, features...).
+    #[arg(long, value_name = "NAME")]
+    pub element: Vec<String>,
+
+    /// Only records of event type T (stanza, dialback, tls_established...) or stanza type T (chat, get,
+    /// result, error...).
+    #[arg(long = "type", value_name = "T")]
+    pub kind: Vec<String>,
+
+    /// Only records whose JSON line contains TEXT.
+    #[arg(long, value_name = "TEXT")]
+    pub grep: Vec<String>,
+
+    /// Colour the output: auto (when stdout is a terminal and NO_COLOR is not set), always, never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = ColorWhen::Auto)]
+    pub color: ColorWhen,
+}
+
+/// A direction to filter on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirFilter {
+    /// From the initiator toward the receiver.
+    Up,
+    /// From the receiver toward the initiator.
+    Down,
+}
+
+/// When to colour.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    /// When stdout is a terminal and NO_COLOR is not set.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// `xmpptap export` flags. Secrets are redacted by default: the point of an export is to share it.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The transcript ("-" for stdin).
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Write the redacted transcript to OUT ("-" for stdout). Default: stdout, unless --pcap is given.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: Option<PathBuf>,
+
+    /// Also write a pcap of the (redacted) conversations, as `xmpptap proxy --pcap` would have.
+    #[arg(long, value_name = "OUT")]
+    pub pcap: Option<PathBuf>,
+
+    /// Redact every secret: SASL payloads, dialback keys, passwords, stream management ids. This is the
+    /// default; the flag only says so.
+    #[arg(long)]
+    pub redact: bool,
+
+    /// Redact message bodies too.
+    #[arg(long)]
+    pub redact_bodies: bool,
+
+    /// Copy the records without redacting anything (they keep what the proxy logged).
+    #[arg(long, conflicts_with_all = ["redact", "redact_bodies"])]
+    pub keep_secrets: bool,
 }
 
 /// `xmpptap ca ...`
@@ -94,6 +194,17 @@ pub enum UpstreamTls {
     Always,
 }
 
+/// What xmpptap does about S2S SASL EXTERNAL, which needs the initiator's private key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCert {
+    /// Remove EXTERNAL from the receiver's features: the servers fall back to dialback.
+    #[default]
+    None,
+    /// Present a client certificate for the initiating domain, minted from xmpptap's CA.
+    Mint,
+}
+
 /// `xmpptap proxy` flags. Every flag can also be set in the --config file; a flag given here wins.
 #[derive(Debug, Default, Args)]
 pub struct ProxyArgs {
@@ -106,17 +217,63 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub check: bool,
 
-    /// Address to accept S2S connections on (repeatable). Default 0.0.0.0:5269.
+    /// Address to accept S2S connections on (repeatable). Without any --*-listen flag, xmpptap listens on
+    /// all four defaults: s2s 0.0.0.0:5269, c2s 0.0.0.0:5222, s2s-tls 0.0.0.0:5270, c2s-tls 0.0.0.0:5223;
+    /// with any of them, only on those given.
     #[arg(long, value_name = "ADDR")]
     pub s2s_listen: Vec<SocketAddr>,
 
-    /// Send streams for DOMAIN to HOST:PORT instead of asking DNS (repeatable; wins over everything).
-    #[arg(long, value_name = "DOMAIN=HOST:PORT", value_parser = parse_route)]
-    pub route: Vec<(String, HostPort)>,
+    /// Address to accept client (C2S) connections on (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub c2s_listen: Vec<SocketAddr>,
 
-    /// Send every stream without a --route to HOST:PORT (reverse-proxy mode), instead of asking DNS.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub upstream: Option<HostPort>,
+    /// Address to accept S2S Direct TLS (XEP-0368) connections on (repeatable): TLS first, with a
+    /// certificate minted for the SNI name.
+    #[arg(long, value_name = "ADDR")]
+    pub s2s_tls_listen: Vec<SocketAddr>,
+
+    /// Address to accept C2S Direct TLS (XEP-0368) connections on (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub c2s_tls_listen: Vec<SocketAddr>,
+
+    /// Domain to mint the certificate for when a Direct TLS client sends no SNI.
+    #[arg(long, value_name = "DOMAIN")]
+    pub default_domain: Option<String>,
+
+    /// Remove STARTTLS from the features the initiator sees (a deliberate downgrade, to read a plaintext path).
+    /// Combine with --upstream-tls always when the receiver insists on TLS.
+    #[arg(long)]
+    pub strip_starttls: bool,
+
+    /// Refuse initiators that do not use TLS (<policy-violation/>).
+    #[arg(long)]
+    pub require_tls: bool,
+
+    /// S2S SASL EXTERNAL: `none` removes EXTERNAL from the features so the servers use dialback; `mint`
+    /// presents upstream a client certificate for the initiating domain minted from xmpptap's CA (works where
+    /// the receiver trusts that CA).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub client_cert: Option<ClientCert>,
+
+    /// Send S2S streams for DOMAIN to HOST:PORT instead of asking DNS (repeatable; wins over everything).
+    /// tls://HOST:PORT connects with Direct TLS (XEP-0368) instead of plaintext/STARTTLS.
+    #[arg(long, value_name = "DOMAIN=[tls://]HOST:PORT", value_parser = parse_route)]
+    pub route: Vec<(String, RouteTarget)>,
+
+    /// Send every S2S stream without a --route to HOST:PORT (reverse-proxy mode), instead of asking DNS.
+    /// tls://HOST:PORT connects with Direct TLS.
+    #[arg(long, value_name = "[tls://]HOST:PORT")]
+    pub upstream: Option<RouteTarget>,
+
+    /// Send C2S streams for DOMAIN to HOST:PORT instead of asking DNS (repeatable). Separate from --route
+    /// because a domain's client and server ports differ. tls://HOST:PORT connects with Direct TLS.
+    #[arg(long, value_name = "DOMAIN=[tls://]HOST:PORT", value_parser = parse_route)]
+    pub c2s_route: Vec<(String, RouteTarget)>,
+
+    /// Send every C2S stream without a --c2s-route to HOST:PORT, instead of asking DNS
+    /// (_xmpps-client/_xmpp-client SRV, then A/AAAA on 5222). tls://HOST:PORT connects with Direct TLS.
+    #[arg(long, value_name = "[tls://]HOST:PORT")]
+    pub c2s_upstream: Option<RouteTarget>,
 
     /// Ask this DNS server (UDP/TCP) for SRV and A/AAAA records instead of the system's resolver.
     #[arg(long, value_name = "IP:PORT")]
@@ -140,9 +297,44 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
 
-    /// Write the JSON Lines transcript to FILE ("-" for stdout). Appends to an existing file.
+    /// Write the JSON Lines transcript to FILE ("-" for stdout; on a terminal, stdout gets the readable live
+    /// view of `xmpptap show` instead). Appends to an existing file.
     #[arg(long, value_name = "FILE")]
     pub log: Option<PathBuf>,
+
+    /// Redact every secret in the transcript and captures, not only SASL payloads: dialback keys, passwords
+    /// in registration and iq:auth queries and private data-form fields, stream management resumption ids.
+    /// Each is replaced by a marker of the same length (`[redacted:44]****...`).
+    #[arg(long)]
+    pub redact: bool,
+
+    /// Redact message bodies too (implies --redact).
+    #[arg(long)]
+    pub redact_bodies: bool,
+
+    /// Keep SASL payloads (credentials, SCRAM proofs) in the transcript and captures; by default they are
+    /// redacted.
+    #[arg(long, conflicts_with_all = ["redact", "redact_bodies"])]
+    pub log_secrets: bool,
+
+    /// Append the TLS secrets of both legs of every connection to FILE, in the NSS key log format
+    /// (SSLKEYLOGFILE), so that Wireshark or tshark can decrypt a raw capture of the real traffic (tshark -o
+    /// tls.keylog_file:FILE). Created with mode 0600: keep it private, whoever reads it can read every stream.
+    #[arg(long, value_name = "FILE")]
+    pub keylog: Option<PathBuf>,
+
+    /// Write the decrypted conversations to FILE as a pcap for Wireshark or tshark ("-" for stdout, e.g.
+    /// `| wireshark -k -i -`). Each leg is a TCP conversation with its real addresses and ports and synthetic
+    /// headers; after STARTTLS the decrypted rest of a leg continues as a new conversation from the next client
+    /// port. XMPP on ports other than 5222 needs decode-as: tshark -r FILE -d tcp.port==5269,xmpp. Replaces FILE.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+
+    /// Write what really crossed each leg (encrypted once TLS is up) to FILE as pcapng, with the TLS secrets of
+    /// both legs embedded so that Wireshark and tshark decrypt it by themselves (tshark -r FILE -d
+    /// tcp.port==5269,xmpp). Created with mode 0600: whoever reads it can read every stream. Replaces FILE.
+    #[arg(long, value_name = "FILE")]
+    pub pcapng_tls: Option<PathBuf>,
 
     /// Seconds to wait for one TCP connection attempt to the receiver. Default 10.
     #[arg(long, value_name = "SECS")]
@@ -186,13 +378,13 @@ pub struct ProxyArgs {
     pub negotiation_timeout: Option<f64>,
 }
 
-/// Parses `DOMAIN=HOST:PORT`.
-pub fn parse_route(s: &str) -> Result<(String, HostPort), String> {
+/// Parses `DOMAIN=[tls://]HOST:PORT`.
+pub fn parse_route(s: &str) -> Result<(String, RouteTarget), String> {
     let (domain, target) = s
         .split_once('=')
-        .ok_or_else(|| format!("expected DOMAIN=HOST:PORT, got {s:?}"))?;
+        .ok_or_else(|| format!("expected DOMAIN=[tls://]HOST:PORT, got {s:?}"))?;
     let target = target
-        .parse::<HostPort>()
+        .parse::<RouteTarget>()
         .map_err(|e| format!("route for {domain}: {e}"))?;
     Ok((domain.trim().to_ascii_lowercase(), target))
 }

@@ -1,10 +1,11 @@
 //! The settings `xmpptap proxy` runs with: the TOML config file merged with command-line flags (flags win),
 //! then validated into a [`ProxyConfig`]. Nothing here opens sockets or touches the CA.
 
-use crate::cli::{ProxyArgs, UpstreamTls};
+use crate::cli::{ClientCert, ProxyArgs, UpstreamTls};
+use crate::tap::redact::Redaction;
 use crate::tls::UpstreamTrust;
 use crate::upstream::connect::ConnectPolicy;
-use crate::upstream::route::HostPort;
+use crate::upstream::route::{RouteTarget, RouterConfig, Service};
 use crate::xml::framer::Limits;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -42,15 +43,31 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub s2s_listen: Option<Vec<SocketAddr>>,
-    /// `routes = { "b.test" = "10.0.0.3:5269" }`
+    pub c2s_listen: Option<Vec<SocketAddr>>,
+    pub s2s_tls_listen: Option<Vec<SocketAddr>>,
+    pub c2s_tls_listen: Option<Vec<SocketAddr>>,
+    pub default_domain: Option<String>,
+    pub strip_starttls: Option<bool>,
+    pub require_tls: Option<bool>,
+    pub client_cert: Option<ClientCert>,
+    /// `routes = { "b.test" = "10.0.0.3:5269", "d.test" = "tls://10.0.0.4:5270" }`
     pub routes: Option<BTreeMap<String, String>>,
     pub upstream: Option<String>,
+    /// `c2s_routes = { "b.test" = "10.0.0.3:5222" }`: as `routes`, for client-to-server streams.
+    pub c2s_routes: Option<BTreeMap<String, String>>,
+    pub c2s_upstream: Option<String>,
     pub resolver: Option<SocketAddr>,
     pub upstream_ca: Option<PathBuf>,
     pub dangerous_accept_any_upstream_cert: Option<bool>,
     pub upstream_tls: Option<UpstreamTls>,
     pub ca_dir: Option<PathBuf>,
     pub log: Option<PathBuf>,
+    pub redact: Option<bool>,
+    pub redact_bodies: Option<bool>,
+    pub log_secrets: Option<bool>,
+    pub keylog: Option<PathBuf>,
+    pub pcap: Option<PathBuf>,
+    pub pcapng_tls: Option<PathBuf>,
     pub connect_timeout: Option<f64>,
     pub connect_retries: Option<u32>,
     pub connect_backoff: Option<f64>,
@@ -93,14 +110,35 @@ pub struct SessionLimits {
 /// Validated settings for `xmpptap proxy`.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
+    /// Every listening address with what it accepts.
+    pub listeners: Vec<Listener>,
+    /// The S2S plaintext listening addresses (also in `listeners`).
     pub s2s_listen: Vec<SocketAddr>,
-    pub routes: Vec<(String, HostPort)>,
-    pub upstream: Option<HostPort>,
+    pub default_domain: Option<String>,
+    pub strip_starttls: bool,
+    pub require_tls: bool,
+    pub client_cert: ClientCert,
+    /// Static S2S routes, sorted by domain.
+    pub routes: Vec<(String, RouteTarget)>,
+    /// The S2S reverse-proxy upstream.
+    pub upstream: Option<RouteTarget>,
+    /// Static C2S routes, sorted by domain.
+    pub c2s_routes: Vec<(String, RouteTarget)>,
+    /// The C2S reverse-proxy upstream.
+    pub c2s_upstream: Option<RouteTarget>,
     pub resolver: Option<SocketAddr>,
     pub upstream_trust: UpstreamTrust,
     pub upstream_tls: UpstreamTls,
     pub ca_dir: PathBuf,
     pub log: Option<PathBuf>,
+    /// What the transcript and captures hide (`--redact`, `--redact-bodies`, `--log-secrets`).
+    pub redaction: Redaction,
+    /// The TLS key log file (`--keylog`).
+    pub keylog: Option<PathBuf>,
+    /// The decrypted capture (`--pcap`, "-" for stdout).
+    pub pcap: Option<PathBuf>,
+    /// The encrypted capture with TLS secrets (`--pcapng-tls`, "-" for stdout).
+    pub pcapng_tls: Option<PathBuf>,
     pub connect: ConnectPolicy,
     pub limits: SessionLimits,
 }
@@ -118,46 +156,26 @@ impl ProxyConfig {
     /// Flags win over the file; repeatable flags (`--s2s-listen`) replace the file's list, `--route` entries
     /// replace the file's route for the same domain.
     pub fn merge(args: &ProxyArgs, file: FileConfig) -> Result<Self, ConfigError> {
-        let s2s_listen = match (&args.s2s_listen[..], file.s2s_listen) {
-            ([], Some(from_file)) => from_file,
-            ([], None) => vec![DEFAULT_S2S_LISTEN
-                .parse()
-                .map_err(|e| ConfigError::Invalid(format!("default listen address: {e}")))?],
-            (flags, _) => flags.to_vec(),
-        };
-        if s2s_listen.is_empty() {
+        let redaction = redaction(args, &file)?;
+        let listeners = listeners(args, &file)?;
+        let s2s_listen = listeners
+            .iter()
+            .filter(|l| l.kind == ListenerKind::S2s && !l.direct_tls)
+            .map(|l| l.addr)
+            .collect();
+        let strip_starttls = args.strip_starttls || file.strip_starttls.unwrap_or(false);
+        let require_tls = args.require_tls || file.require_tls.unwrap_or(false);
+        if strip_starttls && require_tls {
             return Err(invalid(
-                "s2s_listen is empty: give at least one --s2s-listen ADDR",
+                "--strip-starttls and --require-tls exclude each other: one hides TLS from the initiator, \
+                 the other demands it",
             ));
         }
 
-        let mut routes: BTreeMap<String, HostPort> = BTreeMap::new();
-        for (domain, target) in file.routes.unwrap_or_default() {
-            let (domain, target) = crate::cli::parse_route(&format!("{domain}={target}"))
-                .map_err(|e| invalid(format!("config file routes: {e}")))?;
-            routes.insert(domain, target);
-        }
-        for (domain, target) in &args.route {
-            routes.insert(domain.clone(), target.clone());
-        }
-        for domain in routes.keys() {
-            if domain.is_empty()
-                || domain.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
-            {
-                return Err(invalid(format!(
-                    "route domain {domain:?} is not a domain name"
-                )));
-            }
-        }
-
-        let upstream = match (&args.upstream, file.upstream) {
-            (Some(flag), _) => Some(flag.clone()),
-            (None, Some(text)) => Some(
-                text.parse::<HostPort>()
-                    .map_err(|e| invalid(format!("config file upstream: {e}")))?,
-            ),
-            (None, None) => None,
-        };
+        let routes = merge_routes("routes", file.routes, &args.route)?;
+        let upstream = merge_upstream("upstream", file.upstream, &args.upstream)?;
+        let c2s_routes = merge_routes("c2s_routes", file.c2s_routes, &args.c2s_route)?;
+        let c2s_upstream = merge_upstream("c2s_upstream", file.c2s_upstream, &args.c2s_upstream)?;
 
         let dangerous = args.dangerous_accept_any_upstream_cert
             || file.dangerous_accept_any_upstream_cert.unwrap_or(false);
@@ -249,10 +267,35 @@ impl ProxyConfig {
             .unwrap_or(Duration::from_secs(60)),
         };
 
+        let pcap = args.pcap.clone().or(file.pcap);
+        let pcapng_tls = args.pcapng_tls.clone().or(file.pcapng_tls);
+        let stdout = Some(Path::new("-"));
+        let log_stdout = args.log.as_deref().or(file.log.as_deref()) == stdout;
+        if [
+            log_stdout,
+            pcap.as_deref() == stdout,
+            pcapng_tls.as_deref() == stdout,
+        ]
+        .iter()
+        .filter(|on| **on)
+        .count()
+            > 1
+        {
+            return Err(invalid(
+                "only one of log, pcap and pcapng_tls can be \"-\" (stdout)",
+            ));
+        }
         Ok(ProxyConfig {
+            listeners,
             s2s_listen,
-            routes: routes.into_iter().collect(),
+            default_domain: args.default_domain.clone().or(file.default_domain),
+            strip_starttls,
+            require_tls,
+            client_cert: args.client_cert.or(file.client_cert).unwrap_or_default(),
+            routes,
             upstream,
+            c2s_routes,
+            c2s_upstream,
             resolver: args.resolver.or(file.resolver),
             upstream_trust,
             upstream_tls: args.upstream_tls.or(file.upstream_tls).unwrap_or_default(),
@@ -262,10 +305,189 @@ impl ProxyConfig {
                 .or(file.ca_dir)
                 .unwrap_or_else(|| PathBuf::from("certs")),
             log: args.log.clone().or(file.log),
+            redaction,
+            keylog: args.keylog.clone().or(file.keylog),
+            pcap,
+            pcapng_tls,
             connect,
             limits,
         })
     }
+
+    /// What the [`crate::upstream::route::Router`] for `service` is built from: the S2S or the C2S routes and
+    /// upstream, the resolver, and our own listening addresses (as bound) to refuse routing loops.
+    pub fn router_config(&self, service: Service, own_listeners: &[SocketAddr]) -> RouterConfig {
+        let (routes, upstream) = match service {
+            Service::Server => (&self.routes, &self.upstream),
+            Service::Client => (&self.c2s_routes, &self.c2s_upstream),
+        };
+        RouterConfig {
+            routes: routes.clone(),
+            upstream: upstream.clone(),
+            resolver: self.resolver,
+            srv_service: service,
+            own_listeners: own_listeners.to_vec(),
+        }
+    }
+}
+
+/// The file's `key` table of routes with the flags' routes over it (a flag replaces the file's route for the
+/// same domain), checked, sorted by domain.
+fn merge_routes(
+    key: &str,
+    file: Option<BTreeMap<String, String>>,
+    flags: &[(String, RouteTarget)],
+) -> Result<Vec<(String, RouteTarget)>, ConfigError> {
+    let mut routes: BTreeMap<String, RouteTarget> = BTreeMap::new();
+    for (domain, target) in file.unwrap_or_default() {
+        let (domain, target) = crate::cli::parse_route(&format!("{domain}={target}"))
+            .map_err(|e| invalid(format!("config file {key}: {e}")))?;
+        routes.insert(domain, target);
+    }
+    for (domain, target) in flags {
+        routes.insert(domain.clone(), target.clone());
+    }
+    for domain in routes.keys() {
+        if domain.is_empty() || domain.contains(|c: char| c.is_whitespace() || c == '/' || c == '@')
+        {
+            return Err(invalid(format!(
+                "{key}: route domain {domain:?} is not a domain name"
+            )));
+        }
+    }
+    Ok(routes.into_iter().collect())
+}
+
+/// The flag's upstream, else the file's `key`.
+fn merge_upstream(
+    key: &str,
+    file: Option<String>,
+    flag: &Option<RouteTarget>,
+) -> Result<Option<RouteTarget>, ConfigError> {
+    match (flag, file) {
+        (Some(flag), _) => Ok(Some(flag.clone())),
+        (None, Some(text)) => text
+            .parse::<RouteTarget>()
+            .map(Some)
+            .map_err(|e| invalid(format!("config file {key}: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// What a listener accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Server-to-server streams (`jabber:server`).
+    S2s,
+    /// Client-to-server streams (`jabber:client`).
+    C2s,
+}
+
+/// One listening address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// Where.
+    pub addr: SocketAddr,
+    /// S2S or C2S.
+    pub kind: ListenerKind,
+    /// Direct TLS (XEP-0368): TLS before any XML. Plaintext listeners also take a TLS ClientHello.
+    pub direct_tls: bool,
+}
+
+impl Listener {
+    /// `s2s`, `c2s`, `s2s-tls`, `c2s-tls`.
+    pub fn name(&self) -> &'static str {
+        match (self.kind, self.direct_tls) {
+            (ListenerKind::S2s, false) => "s2s",
+            (ListenerKind::C2s, false) => "c2s",
+            (ListenerKind::S2s, true) => "s2s-tls",
+            (ListenerKind::C2s, true) => "c2s-tls",
+        }
+    }
+}
+
+/// The listeners from flags or file (flags replace the file's list per kind). With none given anywhere, all
+/// four defaults.
+fn listeners(args: &ProxyArgs, file: &FileConfig) -> Result<Vec<Listener>, ConfigError> {
+    let kinds = [
+        (
+            &args.s2s_listen,
+            &file.s2s_listen,
+            ListenerKind::S2s,
+            false,
+            DEFAULT_S2S_LISTEN,
+        ),
+        (
+            &args.c2s_listen,
+            &file.c2s_listen,
+            ListenerKind::C2s,
+            false,
+            "0.0.0.0:5222",
+        ),
+        (
+            &args.s2s_tls_listen,
+            &file.s2s_tls_listen,
+            ListenerKind::S2s,
+            true,
+            "0.0.0.0:5270",
+        ),
+        (
+            &args.c2s_tls_listen,
+            &file.c2s_tls_listen,
+            ListenerKind::C2s,
+            true,
+            "0.0.0.0:5223",
+        ),
+    ];
+    let any_given = kinds
+        .iter()
+        .any(|(flags, from_file, ..)| !flags.is_empty() || from_file.is_some());
+    let mut listeners = Vec::new();
+    for (flags, from_file, kind, direct_tls, default) in kinds {
+        let addrs: Vec<SocketAddr> = match (flags.is_empty(), from_file) {
+            (false, _) => flags.clone(),
+            (true, Some(from_file)) => from_file.clone(),
+            (true, None) if any_given => Vec::new(),
+            (true, None) => vec![default
+                .parse()
+                .map_err(|e| invalid(format!("default listen address {default}: {e}")))?],
+        };
+        listeners.extend(addrs.into_iter().map(|addr| Listener {
+            addr,
+            kind,
+            direct_tls,
+        }));
+    }
+    if listeners.is_empty() {
+        return Err(invalid(
+            "no listening address: give at least one --s2s-listen or --c2s-listen ADDR",
+        ));
+    }
+    Ok(listeners)
+}
+
+/// The redaction flags, or the file's when no flag is given; `log_secrets` excludes the others.
+fn redaction(args: &ProxyArgs, file: &FileConfig) -> Result<Redaction, ConfigError> {
+    let (redact, bodies, secrets) = if args.redact || args.redact_bodies || args.log_secrets {
+        (args.redact, args.redact_bodies, args.log_secrets)
+    } else {
+        (
+            file.redact.unwrap_or(false),
+            file.redact_bodies.unwrap_or(false),
+            file.log_secrets.unwrap_or(false),
+        )
+    };
+    Ok(match (redact, bodies, secrets) {
+        (_, _, true) if redact || bodies => {
+            return Err(invalid(
+                "log_secrets excludes redact and redact_bodies: choose one",
+            ))
+        }
+        (_, _, true) => Redaction::log_secrets(),
+        (_, true, _) => Redaction::redact().with_bodies(),
+        (true, false, _) => Redaction::redact(),
+        (false, false, false) => Redaction::default(),
+    })
 }
 
 fn invalid(message: impl Into<String>) -> ConfigError {
@@ -336,6 +558,113 @@ mod tests {
     }
 
     #[test]
+    fn redaction_flags_and_file() {
+        let merge = |args: ProxyArgs, text: &str| {
+            ProxyConfig::merge(&args, file(text)).map(|config| config.redaction)
+        };
+        let sasl_only = merge(ProxyArgs::default(), "").expect("valid");
+        assert_eq!(sasl_only, Redaction::default());
+        assert!(sasl_only.sasl && !sasl_only.dialback_keys);
+        let all = ProxyArgs {
+            redact: true,
+            ..ProxyArgs::default()
+        };
+        assert_eq!(merge(all, "").expect("valid"), Redaction::redact());
+        let bodies = ProxyArgs {
+            redact_bodies: true,
+            ..ProxyArgs::default()
+        };
+        assert_eq!(
+            merge(bodies, "log_secrets = true").expect("flags win over the file"),
+            Redaction::redact().with_bodies()
+        );
+        assert_eq!(
+            merge(ProxyArgs::default(), "log_secrets = true").expect("valid"),
+            Redaction::log_secrets()
+        );
+        let err = merge(ProxyArgs::default(), "log_secrets = true\nredact = true")
+            .expect_err("must refuse");
+        assert!(err.to_string().contains("choose one"), "{err}");
+    }
+
+    #[test]
+    fn c2s_routes_are_separate_and_accept_direct_tls() {
+        let from_file = file(
+            r#"
+            routes = { "b.test" = "tls://127.0.0.3:5270" }
+            c2s_routes = { "b.test" = "127.0.0.3:5222", "c.test" = "tls://127.0.0.4:5223" }
+            c2s_upstream = "tls://127.0.0.9:5223"
+            "#,
+        );
+        let args = ProxyArgs {
+            c2s_route: vec![crate::cli::parse_route("C.test=[::1]:5222").expect("route")],
+            upstream: Some("tls://127.0.0.8:5270".parse().expect("upstream")),
+            ..ProxyArgs::default()
+        };
+        let config = ProxyConfig::merge(&args, from_file).expect("valid");
+        let show = |routes: &[(String, RouteTarget)]| {
+            routes
+                .iter()
+                .map(|(d, t)| format!("{d}={t}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(show(&config.routes), ["b.test=tls://127.0.0.3:5270"]);
+        assert_eq!(
+            show(&config.c2s_routes),
+            ["b.test=127.0.0.3:5222", "c.test=[::1]:5222"]
+        );
+        assert_eq!(
+            config.upstream.as_ref().map(ToString::to_string).as_deref(),
+            Some("tls://127.0.0.8:5270")
+        );
+        assert_eq!(
+            config
+                .c2s_upstream
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("tls://127.0.0.9:5223")
+        );
+
+        let own: Vec<SocketAddr> = vec!["127.0.0.1:5222".parse().expect("addr")];
+        let s2s = config.router_config(Service::Server, &[]);
+        assert_eq!(
+            (s2s.srv_service, s2s.routes, s2s.upstream),
+            (
+                Service::Server,
+                config.routes.clone(),
+                config.upstream.clone()
+            )
+        );
+        let c2s = config.router_config(Service::Client, &own);
+        assert_eq!(
+            (c2s.srv_service, c2s.routes, c2s.upstream, c2s.own_listeners),
+            (
+                Service::Client,
+                config.c2s_routes.clone(),
+                config.c2s_upstream.clone(),
+                own
+            )
+        );
+
+        let bad = file(r#"c2s_upstream = "tcp://127.0.0.9:5222""#);
+        let err = ProxyConfig::merge(&ProxyArgs::default(), bad).expect_err("must refuse");
+        assert!(
+            err.to_string().starts_with(
+                "config file c2s_upstream: \"tcp://127.0.0.9:5222\" has an unknown scheme"
+            ),
+            "{err}"
+        );
+        let bad = file(r#"c2s_routes = { "b.test" = "b-host.test" }"#);
+        let err = ProxyConfig::merge(&ProxyArgs::default(), bad).expect_err("must refuse");
+        assert!(
+            err.to_string()
+                .starts_with("config file c2s_routes: route for b.test:"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = toml::from_str::<FileConfig>("s2s_lisen = []").expect_err("typo must fail");
         assert!(err.to_string().contains("s2s_lisen"), "{err}");
@@ -363,5 +692,33 @@ mod tests {
             ..ProxyArgs::default()
         };
         assert!(ProxyConfig::merge(&args, FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn captures_come_from_flags_or_file_and_share_stdout_with_nothing() {
+        let config = ProxyConfig::merge(
+            &ProxyArgs {
+                pcap: Some(PathBuf::from("flag.pcap")),
+                ..ProxyArgs::default()
+            },
+            file("pcap = \"file.pcap\"\npcapng_tls = \"tls.pcapng\""),
+        )
+        .expect("valid");
+        assert_eq!(config.pcap, Some(PathBuf::from("flag.pcap")));
+        assert_eq!(config.pcapng_tls, Some(PathBuf::from("tls.pcapng")));
+
+        let args = ProxyArgs {
+            log: Some(PathBuf::from("-")),
+            pcap: Some(PathBuf::from("-")),
+            ..ProxyArgs::default()
+        };
+        let err = ProxyConfig::merge(&args, FileConfig::default()).expect_err("two on stdout");
+        assert!(err.to_string().contains("stdout"), "{err}");
+        let args = ProxyArgs {
+            pcap: Some(PathBuf::from("-")),
+            ..ProxyArgs::default()
+        };
+        let err = ProxyConfig::merge(&args, file("pcapng_tls = \"-\"")).expect_err("two on stdout");
+        assert!(err.to_string().contains("stdout"), "{err}");
     }
 }

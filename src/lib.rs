@@ -24,12 +24,16 @@
 //! - [`tls`]: xmpptap's CA, minted leaf certificates, rustls configurations for both legs.
 //! - [`upstream`]: choosing where a domain's stream goes (static routes, SRV, reverse-proxy) and connecting.
 //! - [`tap`]: transcript events and the writers that drain them without slowing the data path.
+//! - [`show`]: `xmpptap show`, a transcript printed for people, and the live view of `--log -` on a terminal.
+//! - [`export`]: `xmpptap export`, a redacted copy of a transcript and a pcap built from it.
 //! - [`side`]: the names of the two peers ([`side::Side`]) and of the two directions ([`side::Direction`]).
 
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod listen;
 pub mod session;
+pub mod show;
 pub mod side;
 pub mod tap;
 pub mod tls;

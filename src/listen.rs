@@ -5,11 +5,12 @@
 //! accept backs off and continues; a failed session never touches the listener. On shutdown it stops accepting,
 //! lets sessions say `<system-shutdown/>`, and waits for them briefly.
 
-use crate::config::ProxyConfig;
+use crate::config::{Listener, ProxyConfig};
 use crate::session::{self, Accepted, Context};
-use crate::tap::{self, Tap};
+use crate::tap::keylog::TlsKeyLog;
+use crate::tap::{self, Tap, TapOptions};
 use crate::tls::{ca::Ca, TlsContext};
-use crate::upstream::route::{Router, RouterConfig};
+use crate::upstream::route::{Router, Service};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,70 +50,108 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS key log file (`--keylog`) could not be opened or made private.
+    #[error("cannot open key log {path}: {source}")]
+    KeyLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A capture file (`--pcap`, `--pcapng-tls`) could not be created or written.
+    #[error("cannot write capture {path}: {source}")]
+    Capture {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Listeners bound and ready, before serving (tests and `--check` use the pieces).
 #[derive(Debug)]
 pub struct Bound {
-    listeners: Vec<TcpListener>,
-    /// The addresses actually bound (port 0 resolved).
-    pub addrs: Vec<SocketAddr>,
+    sockets: Vec<TcpListener>,
+    /// The listeners, with the addresses actually bound (port 0 resolved).
+    pub listeners: Vec<Listener>,
 }
 
 /// Binds every S2S listening address.
 pub async fn bind(config: &ProxyConfig) -> Result<Bound, RunError> {
+    let mut sockets = Vec::new();
     let mut listeners = Vec::new();
-    let mut addrs = Vec::new();
-    for &addr in &config.s2s_listen {
-        let listener = TcpListener::bind(addr)
+    for listener in &config.listeners {
+        let addr = listener.addr;
+        let socket = TcpListener::bind(addr)
             .await
             .map_err(|source| RunError::Bind { addr, source })?;
-        let local = listener
+        let local = socket
             .local_addr()
             .map_err(|source| RunError::Bind { addr, source })?;
-        addrs.push(local);
-        listeners.push(listener);
+        listeners.push(Listener {
+            addr: local,
+            ..*listener
+        });
+        sockets.push(socket);
     }
-    Ok(Bound { listeners, addrs })
+    Ok(Bound { sockets, listeners })
 }
 
-/// The router for `config`, told about our own listeners so it can refuse routing loops.
-pub fn router(config: &ProxyConfig, own: &[SocketAddr]) -> Result<Router, RunError> {
-    Ok(Router::new(RouterConfig {
-        routes: config.routes.clone(),
-        upstream: config.upstream.clone(),
-        resolver: config.resolver,
-        srv_service: "_xmpp-server._tcp",
-        default_port: 5269,
-        own_listeners: own.to_vec(),
-    })?)
+/// The router for `service` (S2S or C2S), told about our own listeners so it can refuse routing loops.
+pub fn router(
+    config: &ProxyConfig,
+    service: Service,
+    own: &[SocketAddr],
+) -> Result<Router, RunError> {
+    Ok(Router::new(config.router_config(service, own))?)
 }
 
-/// The TLS context: loads (or creates) the CA and the upstream trust roots.
-pub fn tls_context(config: &ProxyConfig) -> Result<TlsContext, RunError> {
+/// The TLS context: loads (or creates) the CA and the upstream trust roots, and logs TLS secrets when
+/// `--keylog` is set or a capture sink embeds them.
+pub fn tls_context(config: &ProxyConfig, tap: &Tap) -> Result<TlsContext, RunError> {
     let ca = Ca::load_or_create(&config.ca_dir)?;
-    Ok(TlsContext::new(Arc::new(ca), &config.upstream_trust)?)
+    let tls = TlsContext::new(Arc::new(ca), &config.upstream_trust)?;
+    let key_log =
+        TlsKeyLog::open(config.keylog.as_deref(), tap).map_err(|source| RunError::KeyLog {
+            path: config
+                .keylog
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string()),
+            source,
+        })?;
+    Ok(match key_log {
+        Some(key_log) => tls.with_key_log(Arc::new(key_log)),
+        None => tls,
+    })
 }
 
 /// Runs the proxy until `shutdown` is cancelled.
 pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(), RunError> {
-    let tls = tls_context(&config)?;
-    let bound = bind(&config).await?;
-    let router = router(&config, &bound.addrs)?;
     let (tap, writer) = start_tap(&config)?;
+    let tls = tls_context(&config, &tap)?;
+    let bound = bind(&config).await?;
+    let own: Vec<SocketAddr> = bound.listeners.iter().map(|l| l.addr).collect();
+    let s2s_router = router(&config, Service::Server, &own)?;
+    let c2s_router = router(&config, Service::Client, &own)?;
+    let default_domain = config.default_domain.clone();
     let ctx = Arc::new(Context {
         config,
-        router,
+        router: s2s_router,
+        c2s_router,
+        direct_tls: [
+            tls.sni_acceptor(default_domain.clone(), &[b"xmpp-server"]),
+            tls.sni_acceptor(default_domain, &[b"xmpp-client"]),
+        ],
         tls,
         tap,
+        sm_index: Arc::default(),
     });
 
     let sessions = TaskTracker::new();
     let next_id = Arc::new(AtomicU64::new(1));
     let mut accept_loops = Vec::new();
-    for (listener, addr) in bound.listeners.into_iter().zip(bound.addrs) {
-        tracing::info!("listening on {addr} (s2s)");
+    for (socket, listener) in bound.sockets.into_iter().zip(bound.listeners) {
+        tracing::info!("listening on {} ({})", listener.addr, listener.name());
         accept_loops.push(tokio::spawn(accept_loop(
+            socket,
             listener,
             ctx.clone(),
             sessions.clone(),
@@ -145,26 +184,68 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
 fn start_tap(config: &ProxyConfig) -> Result<(Tap, Option<std::thread::JoinHandle<()>>), RunError> {
     let mut sinks: Vec<Box<dyn tap::Sink>> = Vec::new();
     if let Some(path) = &config.log {
-        let out: Box<dyn std::io::Write + Send> = if path == Path::new("-") {
-            Box::new(std::io::stdout())
+        let stdout = path == Path::new("-");
+        if stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            // A person is watching: the readable view of `xmpptap show` rather than JSON.
+            sinks.push(Box::new(crate::show::ShowSink::stdout()));
         } else {
-            Box::new(open_append(path)?)
-        };
-        sinks.push(Box::new(tap::jsonl::JsonlSink::new(
-            out,
-            path.display().to_string(),
-        )));
+            let out: Box<dyn std::io::Write + Send> = if stdout {
+                Box::new(std::io::stdout())
+            } else {
+                Box::new(open_append(path)?)
+            };
+            sinks.push(Box::new(tap::jsonl::JsonlSink::new(
+                out,
+                path.display().to_string(),
+            )));
+        }
+    }
+    if let Some(path) = &config.pcap {
+        let (out, name) = capture_out(path, false)?;
+        let sink = tap::pcap::PcapSink::new(out, name.clone())
+            .map_err(|source| RunError::Capture { path: name, source })?;
+        sinks.push(Box::new(sink));
+    }
+    if let Some(path) = &config.pcapng_tls {
+        let (out, name) = capture_out(path, true)?;
+        let sink = tap::pcapng::PcapngTlsSink::new(out, name.clone())
+            .map_err(|source| RunError::Capture { path: name, source })?;
+        sinks.push(Box::new(sink));
     }
     if sinks.is_empty() {
         return Ok((Tap::disabled(), None));
     }
-    let wants_data = false;
-    let (tap, rx) = Tap::channel(wants_data);
-    let writer = tap::spawn_writer(rx, sinks).map_err(|source| RunError::Log {
-        path: String::from("(tap writer thread)"),
-        source,
-    })?;
+    let (tap, rx) = Tap::channel(TapOptions {
+        data: config.pcap.is_some(),
+        raw: config.pcapng_tls.is_some(),
+    });
+    let writer =
+        tap::spawn_writer_with(rx, sinks, config.redaction).map_err(|source| RunError::Log {
+            path: String::from("(tap writer thread)"),
+            source,
+        })?;
     Ok((tap, Some(writer)))
+}
+
+/// A capture's output: stdout for "-", else the file, created or emptied (`private`: with mode 0600), and its
+/// name for messages.
+fn capture_out(
+    path: &Path,
+    private: bool,
+) -> Result<(Box<dyn std::io::Write + Send>, String), RunError> {
+    let name = path.display().to_string();
+    if path == Path::new("-") {
+        return Ok((Box::new(std::io::stdout()), name));
+    }
+    let file = if private {
+        tap::pcapng::create_private(path)
+    } else {
+        std::fs::File::create(path)
+    };
+    match file {
+        Ok(file) => Ok((Box::new(file), name)),
+        Err(source) => Err(RunError::Capture { path: name, source }),
+    }
 }
 
 /// Opens an output file for appending, creating it if needed.
@@ -181,7 +262,8 @@ fn open_append(path: &Path) -> Result<std::fs::File, RunError> {
 
 /// Accepts connections until shutdown. Accept errors (e.g. out of file descriptors) back off and retry.
 async fn accept_loop(
-    listener: TcpListener,
+    socket: TcpListener,
+    listener: Listener,
     ctx: Arc<Context>,
     sessions: TaskTracker,
     next_id: Arc<AtomicU64>,
@@ -192,7 +274,7 @@ async fn accept_loop(
         // Both branches are cancel-safe: `accept` loses no connection when the other branch wins.
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = socket.accept() => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -217,6 +299,7 @@ async fn accept_loop(
         let conn = next_id.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("conn", id = conn, %peer, to = tracing::field::Empty);
         let accepted = Accepted {
+            listener,
             conn,
             stream,
             peer,

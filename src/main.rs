@@ -9,6 +9,7 @@ use xmpptap::cli::{CaCommand, Cli, Command, ProxyArgs};
 use xmpptap::config::ProxyConfig;
 use xmpptap::tls::ca::Ca;
 use xmpptap::tls::ca::CaError;
+use xmpptap::upstream::route::Service;
 
 /// Exit code for bad usage or configuration (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -27,6 +28,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Proxy(args) => proxy(&args),
         Command::Ca { action } => ca(action),
+        Command::Show(args) => show(&args),
+        Command::Export(args) => export(&args),
     }
 }
 
@@ -107,8 +110,11 @@ async fn check(config: ProxyConfig) -> ExitCode {
         Ok(Err(e)) => return fail(EXIT_USAGE, &e),
         Err(e) => return fail(1, &e),
     }
-    if let Err(e) = xmpptap::listen::router(&config, &config.s2s_listen) {
-        return fail(EXIT_USAGE, &e);
+    let own: Vec<_> = config.listeners.iter().map(|l| l.addr).collect();
+    for service in [Service::Server, Service::Client] {
+        if let Err(e) = xmpptap::listen::router(&config, service, &own) {
+            return fail(EXIT_USAGE, &e);
+        }
     }
     println!("configuration OK");
     println!("  s2s listen:   {:?}", config.s2s_listen);
@@ -117,7 +123,18 @@ async fn check(config: ProxyConfig) -> ExitCode {
     }
     match &config.upstream {
         Some(upstream) => println!("  upstream:     {upstream} (for domains without a route)"),
-        None => println!("  other domains: DNS SRV _xmpp-server._tcp, then A/AAAA on 5269"),
+        None => println!(
+            "  other domains: DNS SRV _xmpps-server._tcp + _xmpp-server._tcp, then A/AAAA on 5269"
+        ),
+    }
+    for (domain, target) in &config.c2s_routes {
+        println!("  c2s route:    {domain} -> {target}");
+    }
+    match &config.c2s_upstream {
+        Some(upstream) => println!("  c2s upstream: {upstream} (for domains without a c2s route)"),
+        None => println!(
+            "  other c2s domains: DNS SRV _xmpps-client._tcp + _xmpp-client._tcp, then A/AAAA on 5222"
+        ),
     }
     println!(
         "  upstream TLS: {:?}, trust {:?}",
@@ -126,6 +143,19 @@ async fn check(config: ProxyConfig) -> ExitCode {
     println!("  CA:           {ca}");
     if let Some(log) = &config.log {
         println!("  transcript:   {}", log.display());
+    }
+    println!("  redacted:     {}", config.redaction.describe());
+    if let Some(keylog) = &config.keylog {
+        println!("  TLS key log:  {} (mode 0600)", keylog.display());
+    }
+    if let Some(pcap) = &config.pcap {
+        println!("  pcap:         {} (decrypted)", pcap.display());
+    }
+    if let Some(pcapng) = &config.pcapng_tls {
+        println!(
+            "  pcapng:       {} (encrypted, with TLS secrets; mode 0600)",
+            pcapng.display()
+        );
     }
     ExitCode::SUCCESS
 }
@@ -175,6 +205,40 @@ fn ca(action: CaCommand) -> ExitCode {
             }
             Err(e) => fail(1, &e),
         },
+    }
+}
+
+/// `xmpptap show`.
+fn show(args: &xmpptap::cli::ShowArgs) -> ExitCode {
+    match xmpptap::show::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &e),
+    }
+}
+
+/// `xmpptap export`: the outputs, then a summary on stderr.
+fn export(args: &xmpptap::cli::ExportArgs) -> ExitCode {
+    match xmpptap::export::run(args) {
+        Ok(report) => {
+            let redaction = xmpptap::export::redaction(args);
+            eprintln!(
+                "xmpptap: exported {} records, {} with secrets redacted ({})",
+                report.records,
+                report.redacted,
+                redaction.describe()
+            );
+            if report.skipped > 0 {
+                eprintln!(
+                    "xmpptap: left out {} lines that are not transcript records",
+                    report.skipped
+                );
+            }
+            if let (Some(packets), Some(path)) = (report.packets, &args.pcap) {
+                eprintln!("xmpptap: wrote {packets} packets to {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &e),
     }
 }
 

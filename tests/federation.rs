@@ -243,3 +243,81 @@ async fn prosody_federates_through_xmpptap_in_plaintext() {
             && e["domain"] == "b.test"
             && e["route"]["kind"] == "static"));
 }
+
+/// S2S over Direct TLS (XEP-0368) both ways: each Prosody finds `_xmpps-server._tcp` pointing at xmpptap's
+/// Direct TLS listener, and xmpptap reaches the other Prosody's Direct TLS port (`tls://` route).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_federates_through_xmpptap_over_direct_tls() {
+    let test_id = 3;
+    let dns = DnsServer::start(support::addr(FILE_ID, test_id, 53).into()).await;
+    let forward = dns.unbound_forward();
+    let mut a_config = ProsodyConfig::new("a.test", support::addr(FILE_ID, test_id, 2), &forward);
+    a_config.s2s_direct_tls = true;
+    let mut b_config = ProsodyConfig::new("b.test", support::addr(FILE_ID, test_id, 3), &forward);
+    b_config.s2s_direct_tls = true;
+    let a = Prosody::start(a_config);
+    let b = Prosody::start(b_config);
+    let direct = |p: &Prosody| {
+        let port = p
+            .s2s_direct_tls_port()
+            .unwrap_or_else(|| panic!("{} has no Direct TLS port", p.domain()));
+        format!("tls://{}:{port}", p.ip())
+    };
+    let proxy_ip = support::addr(FILE_ID, test_id, 10);
+    let tap = Xmpptap::start(&[
+        format!("--s2s-tls-listen={proxy_ip}:0"),
+        format!("--route=a.test={}", direct(&a)),
+        format!("--route=b.test={}", direct(&b)),
+        String::from("--dangerous-accept-any-upstream-cert"),
+    ])
+    .await;
+    for domain in ["a.test", "b.test"] {
+        dns.add_srv(
+            &format!("_xmpps-server._tcp.{domain}"),
+            0,
+            0,
+            tap.listener("s2s-tls").port(),
+            "proxy-host.test",
+        );
+    }
+    dns.add_a("proxy-host.test", proxy_ip);
+    a.register("alice", "alice-pw").await;
+    b.register("bob", "bob-pw").await;
+    a.wait_ready().await;
+    b.wait_ready().await;
+    let s = Setup {
+        a,
+        b,
+        tap,
+        _dns: dns,
+    };
+    converse(&s).await;
+
+    let message = s
+        .tap
+        .wait_event("message to bob", |e| {
+            is(e, "stanza")
+                && e["name"] == "message"
+                && e["xml"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("hello through xmpptap")
+        })
+        .await;
+    let events = s.tap.transcript();
+    let this = conn_events(&events, &message["conn"]);
+    assert_eq!(this[0]["listener"], "s2s-tls", "{this:#?}");
+    let tls: Vec<&Value> = this.iter().filter(|e| is(e, "tls_established")).collect();
+    assert_eq!(
+        tls.len(),
+        2,
+        "one handshake per leg, no STARTTLS: {this:#?}"
+    );
+    assert!(tls
+        .iter()
+        .all(|e| e["alpn"] == "xmpp-server" || e["side"] == "receiver"));
+    assert!(!this.iter().any(|e| is(e, "starttls")));
+    assert!(this
+        .iter()
+        .any(|e| is(e, "upstream_connected") && e["route"]["kind"] == "static"));
+}

@@ -15,11 +15,12 @@
 //! one place per phase: the side at fault gets the stream error, the other side a clean close.
 
 mod leg;
-mod observe;
+pub mod observe;
 mod relay;
+mod rewrite;
 mod transport;
 
-use crate::config::ProxyConfig;
+use crate::config::{Listener, ListenerKind, ProxyConfig};
 use crate::side::{Direction, Side};
 use crate::tap::event::{Origin, Xml};
 use crate::tap::{ClosedBy, Event, EventKind, Tap};
@@ -31,6 +32,7 @@ use crate::xml::framer::{Frame, FrameError, FrameKind};
 use bytes::Bytes;
 use leg::Leg;
 use observe::Observer;
+use rewrite::Rewriter;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,10 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use transport::Transport;
-
-/// ALPN protocol id for server-to-server streams (XEP-0368).
-const ALPN_S2S: &[u8] = b"xmpp-server";
+use transport::{RawRecorder, Tcp, Transport};
 
 /// What xmpptap sends the receiver when it upgrades the upstream leg on its own (`--upstream-tls always`).
 const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
@@ -50,21 +49,37 @@ const STARTTLS: &[u8] = b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
 const TLS_FAILURE: &[u8] = b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>";
 
 /// Everything a session needs that is built once in [`crate::listen::run`].
-#[derive(Debug)]
 pub struct Context {
     /// Validated settings.
     pub config: ProxyConfig,
-    /// Finds the receiver for a domain.
+    /// Finds the receiving server for a domain (S2S).
     pub router: Router,
+    /// Finds the server for a client's domain (C2S).
+    pub c2s_router: Router,
     /// Certificates and TLS configurations for both legs.
     pub tls: TlsContext,
+    /// Acceptors for Direct TLS initiators, [S2S, C2S]: mint for the SNI name, answer the kind's ALPN.
+    pub direct_tls: [tokio_rustls::TlsAcceptor; 2],
     /// Where transcript events go.
     pub tap: Tap,
+    /// XEP-0198 sessions by id, to link resumptions to the connection they resume.
+    pub sm_index: Arc<observe::SmIndex>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A connection accepted by a listener.
 #[derive(Debug)]
 pub struct Accepted {
+    /// The listener it came in on.
+    pub listener: Listener,
     /// Connection id, unique in this process.
     pub conn: u64,
     /// The initiator's connection.
@@ -130,6 +145,9 @@ pub enum SessionError {
         element: &'static str,
         len: usize,
     },
+    /// `--require-tls` and the initiator's stream would stay plaintext.
+    #[error("xmpptap requires TLS from the initiator (--require-tls), but {reason}")]
+    TlsRequired { reason: &'static str },
     /// xmpptap is shutting down.
     #[error("xmpptap is shutting down")]
     Shutdown,
@@ -147,7 +165,7 @@ impl SessionError {
             | SessionError::Timeout { side, .. }
             | SessionError::Tls { side, .. }
             | SessionError::BytesBeforeTls { side, .. } => Some(*side),
-            SessionError::NoDomain => Some(Side::Initiator),
+            SessionError::NoDomain | SessionError::TlsRequired { .. } => Some(Side::Initiator),
             SessionError::Connect(_) | SessionError::Shutdown => None,
         }
     }
@@ -162,6 +180,7 @@ impl SessionError {
             }
             SessionError::Timeout { .. } => Some("connection-timeout"),
             SessionError::NoDomain => Some("host-unknown"),
+            SessionError::TlsRequired { .. } => Some("policy-violation"),
             SessionError::Connect(e) => Some(connect_condition(e)),
             SessionError::Shutdown => Some("system-shutdown"),
             SessionError::Truncated { .. }
@@ -205,17 +224,19 @@ pub async fn serve(ctx: Arc<Context>, accepted: Accepted, shutdown: Cancellation
         conn,
         None,
         EventKind::Accepted {
-            listener: "s2s",
+            listener: accepted.listener.name(),
             peer: accepted.peer,
             local: accepted.local,
         },
     ));
     let mut session = Session {
         ctx: &ctx,
+        listener: accepted.listener,
+        rewriter: Rewriter::new(&ctx.config, accepted.listener.kind),
         conn,
         shutdown: &shutdown,
-        up: Observer::new(conn, Direction::Up, ctx.tap.clone()),
-        down: Observer::new(conn, Direction::Down, ctx.tap.clone()),
+        up: Observer::new(conn, Direction::Up, ctx.tap.clone(), ctx.sm_index.clone()),
+        down: Observer::new(conn, Direction::Down, ctx.tap.clone(), ctx.sm_index.clone()),
         bytes: [0, 0],
     };
     let ended = session.run(accepted.stream).await;
@@ -287,6 +308,10 @@ fn record_protocol_error(up: &Observer, down: &Observer, error: &SessionError) {
 /// The state of one session while it negotiates.
 struct Session<'a> {
     ctx: &'a Context,
+    /// The listener the initiator came in on.
+    listener: Listener,
+    /// What the initiator may not see of the receiver's features.
+    rewriter: Rewriter,
     conn: u64,
     shutdown: &'a CancellationToken,
     /// Transcript state for initiator -> receiver.
@@ -306,10 +331,22 @@ struct Negotiated {
 impl Session<'_> {
     async fn run(&mut self, tcp: TcpStream) -> Ended {
         let limits = self.ctx.config.limits.framer;
+        let header_timeout = self.ctx.config.limits.header_timeout;
+        // Direct TLS (XEP-0368): on a TLS listener, or a ClientHello arriving on a plaintext one.
+        let direct_tls = self.listener.direct_tls || sniff_client_hello(&tcp, header_timeout).await;
+        let tcp = Tcp::new(
+            tcp,
+            RawRecorder::new(&self.ctx.tap, self.conn, Side::Initiator),
+        );
         let mut ini = Leg::new(Side::Initiator, Transport::Plain(tcp), limits);
+        if direct_tls {
+            ini = match self.tls_accept_direct(ini).await {
+                Ok(ini) => ini,
+                Err(e) => return self.ended_by_tls(e),
+            };
+        }
 
         // ExpectInitiatorHeader
-        let header_timeout = self.ctx.config.limits.header_timeout;
         let first = self
             .read(&mut ini, header_timeout, "the initiator's stream header")
             .await;
@@ -327,7 +364,11 @@ impl Session<'_> {
         tracing::Span::current().record("to", domain.as_str());
 
         // Connect upstream.
-        let connecting = connect::connect(&self.ctx.router, &domain, &self.ctx.config.connect);
+        let router = match self.listener.kind {
+            ListenerKind::S2s => &self.ctx.router,
+            ListenerKind::C2s => &self.ctx.c2s_router,
+        };
+        let connecting = connect::connect(router, &domain, &self.ctx.config.connect);
         let connected = tokio::select! {
             connected = connecting => connected,
             _ = self.shutdown.cancelled() => {
@@ -367,17 +408,36 @@ impl Session<'_> {
                 local: connected.stream.local_addr().ok(),
             },
         ));
-        let rec = Leg::new(
+        let mut rec = Leg::new(
             Side::Receiver,
-            Transport::Plain(connected.stream),
-            self.ctx.config.limits.framer,
+            Transport::Plain(Tcp::new(
+                connected.stream,
+                RawRecorder::new(&self.ctx.tap, self.conn, Side::Receiver),
+            )),
+            limits,
         );
+        if connected.candidate.direct_tls {
+            rec = match self.tls_upstream(rec, &domain).await {
+                Ok(rec) => rec,
+                Err(e) => {
+                    self.ended_by_tls_event(&e);
+                    return self.refuse(&mut ini, Some(&header), e).await;
+                }
+            };
+        }
 
         let negotiated = self.negotiate(ini, rec, &domain, header_bytes).await;
         match negotiated {
             Ok(Negotiated { ini, rec }) => {
-                let (ended, bytes) =
-                    relay::relay(ini, rec, &mut self.up, &mut self.down, self.shutdown).await;
+                let (ended, bytes) = relay::relay(
+                    ini,
+                    rec,
+                    &mut self.up,
+                    &mut self.down,
+                    &self.rewriter,
+                    self.shutdown,
+                )
+                .await;
                 self.bytes = bytes;
                 ended
             }
@@ -411,9 +471,11 @@ impl Session<'_> {
                 Err(e) => return Err(self.abort(&mut ini, &mut rec, e, true).await),
             };
             self.down.frame(&frame, &rec_header);
-            let hold = self.ctx.config.upstream_tls == crate::cli::UpstreamTls::Always
-                && !rec.io.is_tls()
-                && !ini.io.is_tls();
+            // Hold the receiver's header back when xmpptap will upgrade the upstream leg on its own first:
+            // because the initiator came with Direct TLS, or --upstream-tls always.
+            let hold = !rec.io.is_tls()
+                && (ini.io.is_tls()
+                    || self.ctx.config.upstream_tls == crate::cli::UpstreamTls::Always);
             if !hold {
                 if let Err(e) = self.send(&mut ini, &rec_header).await {
                     return Err(self.abort(&mut ini, &mut rec, e, false).await);
@@ -427,6 +489,13 @@ impl Session<'_> {
                     if let Err(e) = self.send(&mut ini, &rec_header).await {
                         return Err(self.abort(&mut ini, &mut rec, e, false).await);
                     }
+                }
+                if self.ctx.config.require_tls && !ini.io.is_tls() {
+                    let e = SessionError::TlsRequired {
+                        reason:
+                            "the receiver's stream has no version='1.0', so it offers no STARTTLS",
+                    };
+                    return Err(self.abort(&mut ini, &mut rec, e, false).await);
                 }
                 return Ok(Negotiated { ini, rec });
             }
@@ -459,15 +528,32 @@ impl Session<'_> {
                     };
                     continue;
                 }
-                tracing::warn!("--upstream-tls always, but the receiver does not offer STARTTLS");
+                tracing::warn!(
+                    "the receiver does not offer STARTTLS: the upstream leg stays plaintext \
+                     although {}",
+                    if ini.io.is_tls() {
+                        "the initiator uses TLS"
+                    } else {
+                        "--upstream-tls always asks for TLS"
+                    }
+                );
                 if let Err(e) = self.send(&mut ini, &rec_header).await {
                     return Err(self.abort(&mut ini, &mut rec, e, false).await);
                 }
             }
-            if let Err(e) = self.send(&mut ini, &features_bytes).await {
+            // What the initiator is offered: the receiver's features minus what interception would break.
+            let offered = self.rewrite_features(&frame, features_bytes);
+            if let Err(e) = self.send(&mut ini, &offered).await {
                 return Err(self.abort(&mut ini, &mut rec, e, false).await);
             }
-            if features.is_none() || !offers_tls || ini.io.is_tls() {
+            let tls_offered = offers_tls && !self.ctx.config.strip_starttls;
+            if !ini.io.is_tls() && !tls_offered && self.ctx.config.require_tls {
+                let e = SessionError::TlsRequired {
+                    reason: "the receiver does not offer STARTTLS",
+                };
+                return Err(self.abort(&mut ini, &mut rec, e, false).await);
+            }
+            if features.is_none() || !tls_offered || ini.io.is_tls() {
                 return Ok(Negotiated { ini, rec });
             }
 
@@ -480,10 +566,17 @@ impl Session<'_> {
                 Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
             };
             self.up.frame(&frame, &bytes);
+            let starttls = self.is_tls_element(&frame, &bytes, Direction::Up, "starttls");
+            if !starttls && self.ctx.config.require_tls {
+                let e = SessionError::TlsRequired {
+                    reason: "the initiator went on without STARTTLS",
+                };
+                return Err(self.abort(&mut ini, &mut rec, e, false).await);
+            }
             if let Err(e) = self.send(&mut rec, &bytes).await {
                 return Err(self.abort(&mut ini, &mut rec, e, false).await);
             }
-            if !self.is_tls_element(&frame, &bytes, Direction::Up, "starttls") {
+            if !starttls {
                 return Ok(Negotiated { ini, rec });
             }
 
@@ -605,7 +698,33 @@ impl Session<'_> {
         };
         let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
             .map_err(|e| tls_error(format!("{domain:?} is not a valid TLS server name: {e}")))?;
-        let connector = self.ctx.tls.connector(ALPN_S2S);
+        let from = self
+            .up
+            .header
+            .as_ref()
+            .and_then(|h| h.from.clone())
+            .filter(|from| !from.is_empty());
+        let connector = match (self.listener.kind, self.ctx.config.client_cert, from) {
+            (ListenerKind::S2s, crate::cli::ClientCert::Mint, Some(from)) => {
+                // SASL EXTERNAL through xmpptap: a client certificate for the initiating domain.
+                self.ctx
+                    .tls
+                    .connector_with_client_cert(self.alpn(), &from)
+                    .map_err(|e| {
+                        tls_error(format!(
+                            "cannot mint a client certificate for {from:?}: {e}"
+                        ))
+                    })?
+            }
+            (ListenerKind::S2s, crate::cli::ClientCert::Mint, None) => {
+                tracing::warn!(
+                    "the initiator's stream header has no 'from': no domain to mint a client certificate \
+                     for, so none is presented upstream"
+                );
+                self.ctx.tls.connector(self.alpn())
+            }
+            _ => self.ctx.tls.connector(self.alpn()),
+        };
         let handshake = tokio::time::timeout(
             self.ctx.config.limits.tls_timeout,
             connector.connect(name, tcp),
@@ -631,6 +750,62 @@ impl Session<'_> {
             buf: rec.buf,
             framer,
             bytes_read: rec.bytes_read,
+        })
+    }
+
+    /// The features the initiator is offered: the receiver's `bytes` minus what interception would break.
+    fn rewrite_features(&self, frame: &Frame, bytes: Bytes) -> Bytes {
+        self.rewriter
+            .features(frame, &bytes, &self.down)
+            .unwrap_or(bytes)
+    }
+
+    /// The ALPN protocol of this session's kind (XEP-0368).
+    fn alpn(&self) -> &'static [u8] {
+        match self.listener.kind {
+            ListenerKind::S2s => b"xmpp-server",
+            ListenerKind::C2s => b"xmpp-client",
+        }
+    }
+
+    /// Direct TLS with the initiator before any XML: the certificate is minted for the SNI name, or for
+    /// `--default-domain` when the initiator sends none.
+    async fn tls_accept_direct(
+        &mut self,
+        ini: Leg<Transport>,
+    ) -> Result<Leg<Transport>, SessionError> {
+        let tls_error = |reason: String| SessionError::Tls {
+            side: Side::Initiator,
+            reason,
+        };
+        let Transport::Plain(tcp) = ini.io else {
+            return Err(tls_error(String::from(
+                "the initiator leg already uses TLS",
+            )));
+        };
+        let acceptor = match self.listener.kind {
+            ListenerKind::S2s => &self.ctx.direct_tls[0],
+            ListenerKind::C2s => &self.ctx.direct_tls[1],
+        };
+        let handshake =
+            tokio::time::timeout(self.ctx.config.limits.tls_timeout, acceptor.accept(tcp));
+        let tls = match handshake.await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(tls_error(e.to_string())),
+            Err(_) => return Err(tls_error(String::from("timed out"))),
+        };
+        let info = crate::tls::server_info(tls.get_ref().1);
+        tracing::info!(side = "initiator", sni = ?info.sni, version = %info.version, "Direct TLS established");
+        self.up.own(EventKind::TlsEstablished {
+            side: Side::Initiator,
+            info,
+        });
+        Ok(Leg {
+            side: ini.side,
+            io: Transport::Server(Box::new(tls)),
+            buf: ini.buf,
+            framer: ini.framer,
+            bytes_read: ini.bytes_read,
         })
     }
 
@@ -809,11 +984,13 @@ impl Session<'_> {
             })
             .await;
             if let Ok(Ok(())) = written {
+                let reply = Bytes::from(reply);
+                self.down.data(Side::Initiator, true, &reply);
                 self.down.own(observe::stream_opened(
                     self.down.streams,
                     None,
                     Origin::Xmpptap,
-                    Bytes::from(reply),
+                    reply,
                 ));
                 self.down.own_words(&words);
             }
@@ -887,7 +1064,13 @@ impl Session<'_> {
     /// A TLS failure: both legs are closed (by dropping them) and the transcript says why.
     fn ended_by_tls(&mut self, error: SessionError) -> Ended {
         log_error(&error);
-        if let SessionError::Tls { side, reason } = &error {
+        self.ended_by_tls_event(&error);
+        self.ended_after(error)
+    }
+
+    /// Records a `tls_failed` event for a TLS error.
+    fn ended_by_tls_event(&self, error: &SessionError) {
+        if let SessionError::Tls { side, reason } = error {
             let obs = if *side == Side::Initiator {
                 &self.up
             } else {
@@ -898,7 +1081,6 @@ impl Session<'_> {
                 error: reason.clone(),
             });
         }
-        self.ended_after(error)
     }
 
     /// A failure after which nothing more can be said to either side.
@@ -906,6 +1088,23 @@ impl Session<'_> {
         Ended {
             by: error.culprit().map_or(ClosedBy::Xmpptap, ClosedBy::from),
             reason: error.to_string(),
+        }
+    }
+}
+
+/// Whether the initiator's first bytes are a TLS ClientHello (0x16 0x03: a handshake record of TLS 1.x), peeked
+/// without consuming them, within `timeout`. Anything else, a timeout or an error answers `false` and leaves the
+/// normal path to deal with it.
+async fn sniff_client_hello(tcp: &TcpStream, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut first = [0u8; 2];
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(_)) if first[0] != 0x16 => return false,
+            Ok(Ok(n)) if n >= 2 => return first[1] == 0x03,
+            // One byte so far: peek returns at once until the second arrives, so wait a little.
+            Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
 }

@@ -6,7 +6,8 @@ use crate::side::{Direction, Side};
 use crate::tap::event::{Origin, Xml};
 use crate::tap::{Event, EventKind, Tap};
 use crate::xml::element::{
-    Dialback, ElementHead, Features, StreamError, StreamHeader, NS_DIALBACK, NS_STREAM, NS_TLS,
+    self, Dialback, ElementHead, Features, StreamError, StreamHeader, NS_DIALBACK, NS_SASL, NS_SM,
+    NS_STREAM, NS_TLS,
 };
 use crate::xml::framer::{Frame, FrameKind};
 use bytes::Bytes;
@@ -26,11 +27,12 @@ pub struct Observer {
     pub streams: u32,
     /// Top-level elements seen (stream-level elements included, whitespace not).
     pub stanzas: u64,
+    sm_index: std::sync::Arc<SmIndex>,
 }
 
 impl Observer {
     /// An observer for one direction of connection `conn`.
-    pub fn new(conn: u64, dir: Direction, tap: Tap) -> Self {
+    pub fn new(conn: u64, dir: Direction, tap: Tap, sm_index: std::sync::Arc<SmIndex>) -> Self {
         Observer {
             conn,
             dir,
@@ -39,6 +41,7 @@ impl Observer {
             stream_closed: false,
             streams: 0,
             stanzas: 0,
+            sm_index,
         }
     }
 
@@ -104,6 +107,8 @@ impl Observer {
         if !self.tap.enabled() {
             return;
         }
+        let to = self.dir.sender().peer();
+        self.data(to, true, &Bytes::copy_from_slice(words));
         let close: &[u8] = b"</stream:stream>";
         let error = words.strip_suffix(close).unwrap_or(words);
         if !error.is_empty() {
@@ -124,6 +129,34 @@ impl Observer {
     fn emit(&self, kind: EventKind) {
         if self.tap.enabled() {
             self.tap.emit(Event::now(self.conn, Some(self.dir), kind));
+        }
+    }
+
+    /// A stream management event; `enabled` ids are remembered so that a later `resume` (on a new connection)
+    /// names the connection it resumes.
+    fn sm(&self, name: &str, frame: &Frame, bytes: &Bytes, xml: Xml) -> EventKind {
+        let attrs = element::attributes(&bytes[frame.head.clone()]).unwrap_or_default();
+        let id = match name {
+            "enabled" => attr(&attrs, "id"),
+            "resume" | "resumed" => attr(&attrs, "previd"),
+            _ => None,
+        };
+        let resumes_conn = match (name, &id) {
+            ("enabled", Some(id)) => {
+                self.sm_index.remember(id, self.conn);
+                None
+            }
+            ("resume" | "resumed", Some(id)) => self.sm_index.find(id),
+            _ => None,
+        };
+        EventKind::Sm {
+            element: name.to_owned(),
+            h: attr(&attrs, "h").and_then(|h| h.parse().ok()),
+            id,
+            resume: attr(&attrs, "resume").map(|r| r == "true" || r == "1"),
+            location: attr(&attrs, "location"),
+            resumes_conn,
+            xml,
         }
     }
 
@@ -166,6 +199,20 @@ impl Observer {
                     };
                 }
             }
+            (Some(NS_SASL), step) => {
+                let attrs = element::attributes(&bytes[frame.head.clone()]).unwrap_or_default();
+                let condition = (step == "failure")
+                    .then(|| element::first_child(bytes))
+                    .flatten();
+                tracing::info!(dir = %self.dir, step, ?condition, "SASL");
+                return EventKind::Sasl {
+                    step: step.to_owned(),
+                    mechanism: attr(&attrs, "mechanism"),
+                    condition,
+                    xml,
+                };
+            }
+            (Some(NS_SM), name) => return self.sm(name, frame, bytes, xml),
             (Some(NS_TLS), "starttls") => return EventKind::Starttls { xml },
             (Some(NS_TLS), "proceed") => return EventKind::Proceed { xml },
             (Some(NS_DIALBACK), "result" | "verify") => {
@@ -194,6 +241,47 @@ impl Observer {
             to: head.to,
             xml,
         }
+    }
+}
+
+fn attr(attrs: &[(String, String)], name: &str) -> Option<String> {
+    attrs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}
+
+/// Which connection enabled which XEP-0198 session, so that a `resume` on a new connection can be linked to
+/// the old one. Shared by all sessions; bounded (oldest entries go first).
+#[derive(Debug, Default)]
+pub struct SmIndex {
+    ids: std::sync::Mutex<std::collections::VecDeque<(String, u64)>>,
+}
+
+impl SmIndex {
+    /// Most sessions remembered.
+    const CAPACITY: usize = 10_000;
+
+    fn remember(&self, id: &str, conn: u64) {
+        let mut ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ids.len() == Self::CAPACITY {
+            ids.pop_front();
+        }
+        ids.push_back((id.to_owned(), conn));
+    }
+
+    fn find(&self, id: &str) -> Option<u64> {
+        let ids = self
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ids.iter()
+            .rev()
+            .find(|(known, _)| known == id)
+            .map(|(_, conn)| *conn)
     }
 }
 

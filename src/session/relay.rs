@@ -3,11 +3,13 @@
 
 use super::leg::Leg;
 use super::observe::Observer;
+use super::rewrite::Rewriter;
 use super::transport::Transport;
 use super::{Ended, SessionError};
 use crate::side::Side;
 use crate::tap::ClosedBy;
 use crate::xml::framer::Frame;
+use bytes::Bytes;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +35,7 @@ pub async fn relay(
     rec: Leg<Transport>,
     up: &mut Observer,
     down: &mut Observer,
+    rewriter: &Rewriter,
     shutdown: &CancellationToken,
 ) -> (Ended, [u64; 2]) {
     let (ini_r, mut ini_w) = tokio::io::split(ini.io);
@@ -54,8 +57,8 @@ pub async fn relay(
 
     // What happened first, found while both directions run; acted upon once they no longer borrow the halves.
     let outcome: Result<Side, SessionError> = {
-        let up_pump = pump(&mut ini, &mut rec_w, up);
-        let down_pump = pump(&mut rec, &mut ini_w, down);
+        let up_pump = pump(&mut ini, &mut rec_w, up, None);
+        let down_pump = pump(&mut rec, &mut ini_w, down, Some(rewriter));
         tokio::pin!(up_pump, down_pump);
         // Both pumps are cancel-safe at their await points (reads keep their bytes in the leg's buffer); a write
         // cut short only happens on error or shutdown, when the connection is being torn down anyway.
@@ -122,11 +125,13 @@ async fn say<W: AsyncWrite + Unpin>(w: &mut WriteHalf<W>, words: &[u8], obs: &Ob
     }
 }
 
-/// Copies frames from `src` to `dst` until `src` closes. Every frame already buffered is written in one batch.
+/// Copies frames from `src` to `dst` until `src` closes. Every frame already buffered is written in one batch;
+/// a frame the `rewriter` changes (features, downstream only) is swapped for its rewritten bytes.
 async fn pump<R, W>(
     src: &mut Leg<R>,
     dst: &mut WriteHalf<W>,
     obs: &mut Observer,
+    rewriter: Option<&Rewriter>,
 ) -> Result<PumpEnd, SessionError>
 where
     R: AsyncRead + Unpin,
@@ -143,14 +148,33 @@ where
         }
         if batch > 0 {
             let chunk = src.buf.split_to(batch).freeze();
+            obs.data(src.side, false, &chunk);
+            // Usually the chunk goes out as it came; only a rewritten frame splits it into pieces.
+            let mut pieces: Vec<Bytes> = Vec::new();
+            let mut copied = 0;
             for (offset, frame) in frames.drain(..) {
-                obs.frame(&frame, &chunk.slice(offset..offset + frame.len));
+                let bytes = chunk.slice(offset..offset + frame.len);
+                obs.frame(&frame, &bytes);
+                if let Some(rewritten) = rewriter.and_then(|r| r.features(&frame, &bytes, obs)) {
+                    pieces.push(chunk.slice(copied..offset));
+                    pieces.push(rewritten);
+                    copied = offset + frame.len;
+                }
             }
             let io = |source| SessionError::Io {
                 side: dst_side,
                 source,
             };
-            dst.write_all(&chunk).await.map_err(io)?;
+            if pieces.is_empty() {
+                dst.write_all(&chunk).await.map_err(io)?;
+                obs.data(dst_side, true, &chunk);
+            } else {
+                pieces.push(chunk.slice(copied..));
+                for piece in pieces.iter().filter(|p| !p.is_empty()) {
+                    dst.write_all(piece).await.map_err(io)?;
+                    obs.data(dst_side, true, piece);
+                }
+            }
             dst.flush().await.map_err(io)?;
         }
         if src.fill().await? == 0 {

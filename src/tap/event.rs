@@ -26,6 +26,9 @@ pub struct Event {
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
+    /// What the writer adds before the sinks (redaction, correlation); empty on the data path.
+    #[serde(flatten)]
+    pub notes: Notes,
 }
 
 impl Event {
@@ -36,8 +39,49 @@ impl Event {
             conn,
             dir,
             kind,
+            notes: Notes::default(),
         }
     }
+}
+
+/// Fields the tap writer adds to an event after the fact ([`super::stage`]), never on the data path. Each is
+/// left out of the record when unset.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Notes {
+    /// The connection's domain pair, `initiating-domain->receiving-domain`, from the initiator's stream header
+    /// (on stanza, dialback, SASL and stream management events).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
+    /// On a `<db:verify>`: the connection whose `<db:result>` it verifies (the verify's `id` is the stream id
+    /// the receiving server sent on that connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verifies: Option<ConnRef>,
+    /// On an iq `result`/`error`: the request it answers (same id, swapped domains; possibly on the other
+    /// one-way S2S connection).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+    /// On an iq `result`/`error`: milliseconds since its request, as xmpptap saw both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+    /// Secrets in this record were masked (same length, see [`super::redact`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub redacted: bool,
+}
+
+/// Another connection of the transcript.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ConnRef {
+    pub conn: u64,
+}
+
+/// The request an iq response answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ReplyTo {
+    /// The connection the request crossed.
+    pub conn: u64,
+    /// When xmpptap saw the request.
+    #[serde(serialize_with = "rfc3339_micros")]
+    pub ts: OffsetDateTime,
 }
 
 /// Who ended a connection.
@@ -124,6 +168,45 @@ pub enum EventKind {
         features: Features,
         xml: Xml,
     },
+    /// xmpptap changed what the initiator sees (features that interception would break, `--strip-starttls`).
+    Rewrite {
+        /// What was removed and why.
+        removed: Vec<RemovedFeature>,
+        /// The element as forwarded (the original is in the preceding event).
+        xml: Xml,
+    },
+    /// A SASL step (`auth`, `challenge`, `response`, `success`, `failure`, `abort`). Payloads are in `xml`,
+    /// redacted unless `--log-secrets`.
+    Sasl {
+        step: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mechanism: Option<String>,
+        /// For `failure`: the condition (`not-authorized`, ...).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        condition: Option<String>,
+        xml: Xml,
+    },
+    /// A stream management (XEP-0198) element, passed through untouched.
+    Sm {
+        /// `enable`, `enabled`, `r`, `a`, `resume`, `resumed`, `failed`.
+        element: String,
+        /// The `h` counter (`a`, `resume`, `resumed`, `failed`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        h: Option<u64>,
+        /// `enabled id` / `resume previd` / `resumed previd`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// `resume='true'` on `enable`/`enabled`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume: Option<bool>,
+        /// `enabled location`: where the server wants resumption to go (possibly around xmpptap).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        location: Option<String>,
+        /// For `resume`/`resumed`: the connection whose session this resumes.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resumes_conn: Option<u64>,
+        xml: Xml,
+    },
     /// `<starttls/>` from the initiator.
     Starttls { xml: Xml },
     /// `<proceed/>` from the receiver: TLS starts right after it.
@@ -205,6 +288,21 @@ pub enum EventKind {
         /// The bytes.
         bytes: Xml,
     },
+    /// The real TCP payload of one leg, exactly as it crossed the wire (encrypted once the leg uses TLS). Only
+    /// built when a capture sink wants it ([`super::Tap::wants_raw`]); the JSON Lines transcript skips it.
+    RawData {
+        /// The leg: `initiator` (between the initiator and xmpptap) or `receiver` (xmpptap and upstream).
+        leg: Side,
+        /// `true`: xmpptap wrote them to that peer; `false`: xmpptap read them from it.
+        outbound: bool,
+        /// The bytes, in the order and chunks of the reads and writes on the socket.
+        bytes: Xml,
+    },
+    /// TLS session secrets for a capture of [`EventKind::RawData`]: one line of the NSS key log format
+    /// (`LABEL <client_random hex> <secret hex>`, without the newline), the same line `--keylog` writes. Sent
+    /// with connection 0 (rustls does not say which connection a secret belongs to; the client random does)
+    /// when [`super::Tap::wants_raw`]; never written to the JSON Lines transcript.
+    TlsSecrets { line: String },
 }
 
 /// The original bytes of a frame, serialized as a string. Frames are checked to be UTF-8 by the framer; anything
@@ -231,4 +329,13 @@ fn rfc3339_micros<S: Serializer>(ts: &OffsetDateTime, s: S) -> Result<S::Ok, S::
         Ok(text) => s.serialize_str(&text),
         Err(e) => Err(serde::ser::Error::custom(e)),
     }
+}
+
+/// One feature xmpptap removed from what the initiator sees.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemovedFeature {
+    /// What (`SASL mechanism SCRAM-SHA-1-PLUS`, `<compression>`...).
+    pub what: String,
+    /// Why.
+    pub why: &'static str,
 }

@@ -1,5 +1,7 @@
-//! The JSON Lines transcript: one object per event and line. [`EventKind::Data`] events (raw leg bytes for
-//! captures) are not written: every byte they carry is already in the frame events.
+//! The JSON Lines transcript: one object per event and line. [`EventKind::Data`] and [`EventKind::RawData`]
+//! events (leg bytes for captures) are not written: every byte they carry is already in the frame events, or
+//! is the encrypted form of it. [`EventKind::TlsSecrets`] are not written either: the transcript is meant to be
+//! shared, the secrets only with `--keylog`.
 
 use super::{Event, EventKind, Sink};
 use std::io::{self, BufWriter, Write};
@@ -30,7 +32,10 @@ impl JsonlSink {
 
 impl Sink for JsonlSink {
     fn event(&mut self, event: &Event) -> io::Result<()> {
-        if matches!(event.kind, EventKind::Data { .. }) {
+        if matches!(
+            event.kind,
+            EventKind::Data { .. } | EventKind::RawData { .. } | EventKind::TlsSecrets { .. }
+        ) {
             return Ok(());
         }
         serde_json::to_writer(&mut self.out, event).map_err(io::Error::other)?;

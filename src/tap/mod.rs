@@ -2,11 +2,23 @@
 //!
 //! Sessions describe what they see as [`Event`]s and hand them to a [`Tap`], which pushes them into a bounded
 //! channel without waiting. One writer thread drains the channel and hands every event to each [`Sink`]
-//! ([`jsonl`] for the JSON Lines transcript; capture sinks for pcap). This module owns the event vocabulary,
+//! ([`jsonl`] for the JSON Lines transcript; [`pcap`] and [`pcapng`] for captures, whose TCP/IP framing is
+//! [`tcp`]). This module owns the event vocabulary,
 //! the overflow policy and the writer; it does not know about sockets, TLS or framing.
+//!
+//! Before the sinks, the writer runs every event through [`stage`]: secrets are masked with the same length
+//! ([`redact`]) and records are linked to each other ([`correlate`]: domain pair, dialback verification, iq
+//! request and response), so every sink sees the same redacted, annotated events.
 
+pub mod correlate;
 pub mod event;
 pub mod jsonl;
+pub mod keylog;
+pub mod pcap;
+pub mod pcapng;
+pub mod redact;
+pub mod stage;
+pub mod tcp;
 
 pub use event::{ClosedBy, Event, EventKind};
 
@@ -32,6 +44,18 @@ struct Inner {
     tx: mpsc::Sender<Event>,
     dropped: Arc<AtomicU64>,
     wants_data: bool,
+    wants_raw: bool,
+}
+
+/// Which costly events the sinks of a [`Tap`] need. Both cost a channel slot and a copy per read or write, so
+/// sessions build them only when asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapOptions {
+    /// [`EventKind::Data`]: the bytes of every leg as the application sees them (decrypted).
+    pub data: bool,
+    /// [`EventKind::RawData`]: the real TCP payload of every leg (encrypted once TLS is up), and
+    /// [`EventKind::TlsSecrets`] to decrypt it.
+    pub raw: bool,
 }
 
 /// The receiving end of a [`Tap`], handed to exactly one writer.
@@ -47,15 +71,15 @@ impl Tap {
         Tap { inner: None }
     }
 
-    /// A tap whose events go to the returned receiver. `wants_data`: whether some sink needs
-    /// [`EventKind::Data`] events (the bytes of every leg), which cost a channel slot per relayed batch.
-    pub fn channel(wants_data: bool) -> (Self, TapReceiver) {
+    /// A tap whose events go to the returned receiver; `options` says which costly events some sink needs.
+    pub fn channel(options: TapOptions) -> (Self, TapReceiver) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let dropped = Arc::new(AtomicU64::new(0));
         let inner = Inner {
             tx,
             dropped: dropped.clone(),
-            wants_data,
+            wants_data: options.data,
+            wants_raw: options.raw,
         };
         (Tap { inner: Some(inner) }, TapReceiver { rx, dropped })
     }
@@ -68,6 +92,11 @@ impl Tap {
     /// Whether [`EventKind::Data`] events are wanted.
     pub fn wants_data(&self) -> bool {
         self.inner.as_ref().is_some_and(|inner| inner.wants_data)
+    }
+
+    /// Whether [`EventKind::RawData`] and [`EventKind::TlsSecrets`] events are wanted.
+    pub fn wants_raw(&self) -> bool {
+        self.inner.as_ref().is_some_and(|inner| inner.wants_raw)
     }
 
     /// Hands an event to the writer without waiting; counts it as dropped if the channel is full.
@@ -101,17 +130,30 @@ pub trait Sink: Send {
 /// Starts the writer thread: it drains `rx` into every sink until every [`Tap`] is dropped, flushing whenever
 /// the channel runs empty (so `tail -f` sees events as they happen while a busy proxy writes in batches), and
 /// reports dropped events as `tap_dropped` records. A sink that fails is reported once and then left out.
+/// Before the sinks, every event goes through the [`stage`]: the default [`redact::Redaction`] (SASL payloads)
+/// hides secrets, correlation links records; [`spawn_writer_with`] chooses the redaction.
 pub fn spawn_writer(
+    rx: TapReceiver,
+    sinks: Vec<Box<dyn Sink>>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    spawn_writer_with(rx, sinks, redact::Redaction::default())
+}
+
+/// [`spawn_writer`] with the secrets `redaction` says to hide, the same for every sink.
+pub fn spawn_writer_with(
     mut rx: TapReceiver,
     mut sinks: Vec<Box<dyn Sink>>,
+    redaction: redact::Redaction,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(String::from("xmpptap-tap"))
         .spawn(move || {
+            let mut stage = stage::Stage::new(redaction);
             let mut reported_drops = 0;
             while let Some(first) = rx.rx.blocking_recv() {
                 let mut next = Some(first);
-                while let Some(event) = next {
+                while let Some(mut event) = next {
+                    stage.process(&mut event);
                     deliver(&mut sinks, &event);
                     next = rx.rx.try_recv().ok();
                 }

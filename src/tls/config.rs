@@ -185,6 +185,31 @@ impl TlsContext {
         TlsConnector::from(config)
     }
 
+    /// Like [`Self::connector`], but presenting a client certificate for `domain` minted from xmpptap's CA, so
+    /// that S2S SASL EXTERNAL can succeed where the receiver trusts that CA (`--client-cert mint`). Built per
+    /// call: the certificate differs per initiating domain (the leaf itself is cached by the CA).
+    pub fn connector_with_client_cert(
+        &self,
+        alpn: &[u8],
+        domain: &str,
+    ) -> Result<TlsConnector, TlsError> {
+        let inner = &self.inner;
+        let leaf = inner.ca.leaf(domain)?;
+        let mut config = inner
+            .client_builder
+            .clone()
+            .dangerous()
+            .with_custom_certificate_verifier(inner.upstream_verifier.clone())
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(leaf)));
+        if !alpn.is_empty() {
+            config.alpn_protocols = vec![alpn.to_vec()];
+        }
+        if let Some(key_log) = &inner.key_log {
+            config.key_log = key_log.clone();
+        }
+        Ok(TlsConnector::from(Arc::new(config)))
+    }
+
     /// xmpptap's CA.
     pub fn ca(&self) -> &Arc<Ca> {
         &self.inner.ca

@@ -81,7 +81,8 @@ impl fmt::Display for Attempt {
 pub struct Connected {
     /// The TCP stream to the receiver, with `TCP_NODELAY` set.
     pub stream: TcpStream,
-    /// The candidate that answered.
+    /// The candidate that answered. If its `direct_tls` is set, the session must start TLS on `stream` before
+    /// anything else (XEP-0368); this module has not.
     pub candidate: Candidate,
     /// Attempts that failed before this one (in all rounds), oldest first.
     pub failed: Vec<Attempt>,
@@ -154,7 +155,13 @@ pub async fn connect(
         for candidate in candidates {
             match attempt(candidate.addr, policy.timeout).await {
                 Ok(stream) => {
-                    info!(domain, addr = %candidate.addr, source = ?candidate.source, "connected upstream");
+                    info!(
+                        domain,
+                        addr = %candidate.addr,
+                        direct_tls = candidate.direct_tls,
+                        source = ?candidate.source,
+                        "connected upstream"
+                    );
                     return Ok(Connected {
                         stream,
                         candidate,
@@ -196,17 +203,17 @@ async fn attempt(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::route::{HostPort, RouteSource, RouterConfig};
+    use crate::upstream::route::{HostPort, RouteSource, RouteTarget, RouterConfig};
     use tokio::net::TcpListener;
 
     fn router_to(target: SocketAddr, own_listeners: Vec<SocketAddr>) -> Router {
         let cfg = RouterConfig {
             routes: vec![(
                 "b.test".into(),
-                HostPort {
+                RouteTarget::from(HostPort {
                     host: target.ip().to_string(),
                     port: target.port(),
-                },
+                }),
             )],
             // Never asked: the route is an IP literal.
             resolver: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
@@ -307,6 +314,7 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(connected.candidate.addr, addr);
         assert_eq!(connected.candidate.source, RouteSource::Static);
+        assert!(!connected.candidate.direct_tls);
         assert!(connected.failed.is_empty());
         assert!(
             connected.stream.nodelay().unwrap_or(false),

@@ -29,12 +29,72 @@ use hickory_resolver::TokioResolver;
 use serde::Serialize;
 use tracing::{debug, warn};
 
-/// SRV service label for server-to-server streams (RFC 6120 3.2.1).
-pub const XMPP_SERVER_SRV: &str = "_xmpp-server._tcp";
-/// SRV service label for client-to-server streams (RFC 6120 3.2.1).
-pub const XMPP_CLIENT_SRV: &str = "_xmpp-client._tcp";
 /// Port used for A/AAAA fallback of server-to-server streams (RFC 6120 3.2.2).
 pub const XMPP_SERVER_PORT: u16 = 5269;
+/// Port used for A/AAAA fallback of client-to-server streams (RFC 6120 3.2.2).
+pub const XMPP_CLIENT_PORT: u16 = 5222;
+
+/// Which XMPP service a [`Router`] finds servers for: it decides the SRV names asked, the fallback port and
+/// the flag named in hints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Service {
+    /// Server-to-server: SRV `_xmpps-server._tcp` and `_xmpp-server._tcp`, fallback port 5269.
+    #[default]
+    Server,
+    /// Client-to-server: SRV `_xmpps-client._tcp` and `_xmpp-client._tcp`, fallback port 5222.
+    Client,
+}
+
+impl Service {
+    /// The SRV service label for plaintext/STARTTLS connections (RFC 6120 3.2.1): `_xmpp-server` or
+    /// `_xmpp-client`.
+    pub fn srv_label(self) -> &'static str {
+        match self {
+            Service::Server => "_xmpp-server",
+            Service::Client => "_xmpp-client",
+        }
+    }
+
+    /// The SRV service label for Direct TLS connections (XEP-0368): `_xmpps-server` or `_xmpps-client`.
+    pub fn direct_tls_srv_label(self) -> &'static str {
+        match self {
+            Service::Server => "_xmpps-server",
+            Service::Client => "_xmpps-client",
+        }
+    }
+
+    /// [`Service::direct_tls_srv_label`] if `direct_tls`, else [`Service::srv_label`].
+    pub fn label(self, direct_tls: bool) -> &'static str {
+        if direct_tls {
+            self.direct_tls_srv_label()
+        } else {
+            self.srv_label()
+        }
+    }
+
+    /// The port for the A/AAAA fallback when a domain has no SRV records (RFC 6120 3.2.2): 5269 or 5222.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Service::Server => XMPP_SERVER_PORT,
+            Service::Client => XMPP_CLIENT_PORT,
+        }
+    }
+
+    /// The flag that adds a static route for this service, for hints in error messages: `--route` or
+    /// `--c2s-route`.
+    pub fn route_flag(self) -> &'static str {
+        match self {
+            Service::Server => "--route",
+            Service::Client => "--c2s-route",
+        }
+    }
+
+    /// The fully qualified SRV name asked for `domain`, e.g. `_xmpps-server._tcp.b.test.`.
+    fn srv_name(self, direct_tls: bool, domain: &str) -> String {
+        format!("{}._tcp.{domain}.", self.label(direct_tls))
+    }
+}
 
 /// Longest domain name DNS can carry, in bytes, without the trailing dot (RFC 1035 2.3.4).
 const MAX_DOMAIN_LEN: usize = 253;
@@ -182,6 +242,95 @@ impl<'de> serde::Deserialize<'de> for HostPort {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// RouteTarget
+
+/// The scheme that marks a [`RouteTarget`] as Direct TLS (XEP-0368): `tls://HOST:PORT`.
+const DIRECT_TLS_SCHEME: &str = "tls";
+
+/// Where a static route or the reverse-proxy upstream sends streams: `host:port`, optionally Direct TLS.
+///
+/// Parses from `HOST:PORT` (a plaintext stream, upgraded with STARTTLS as negotiated) and `tls://HOST:PORT`
+/// (Direct TLS, XEP-0368: the TLS handshake comes first); [`fmt::Display`] prints the same form back. The
+/// scheme is matched case-insensitively and printed in lower case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteTarget {
+    /// Where to connect.
+    pub host_port: HostPort,
+    /// Start TLS right after connecting instead of opening a plaintext stream.
+    pub direct_tls: bool,
+}
+
+impl From<HostPort> for RouteTarget {
+    /// A plaintext (STARTTLS) target.
+    fn from(host_port: HostPort) -> Self {
+        RouteTarget {
+            host_port,
+            direct_tls: false,
+        }
+    }
+}
+
+/// Why a `[tls://]host:port` string did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteTargetError {
+    /// A scheme other than `tls://` was given.
+    #[error(
+        "{input:?} has an unknown scheme {scheme:?}; write HOST:PORT, or tls://HOST:PORT for Direct TLS"
+    )]
+    UnknownScheme {
+        /// What was given.
+        input: String,
+        /// The scheme, with its `://`.
+        scheme: String,
+    },
+    /// The `host:port` part is invalid.
+    #[error(transparent)]
+    HostPort(#[from] HostPortError),
+}
+
+impl FromStr for RouteTarget {
+    type Err = RouteTargetError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        let Some((scheme, rest)) = input.split_once("://") else {
+            return Ok(RouteTarget::from(input.parse::<HostPort>()?));
+        };
+        if !scheme.eq_ignore_ascii_case(DIRECT_TLS_SCHEME) {
+            return Err(RouteTargetError::UnknownScheme {
+                input: input.to_owned(),
+                scheme: format!("{scheme}://"),
+            });
+        }
+        Ok(RouteTarget {
+            host_port: rest.parse()?,
+            direct_tls: true,
+        })
+    }
+}
+
+impl fmt::Display for RouteTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.direct_tls {
+            write!(f, "{DIRECT_TLS_SCHEME}://")?;
+        }
+        self.host_port.fmt(f)
+    }
+}
+
+impl Serialize for RouteTarget {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RouteTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Candidates
 
 /// How a candidate address was chosen; recorded in the transcript.
@@ -194,6 +343,9 @@ pub enum RouteSource {
     Upstream,
     /// A DNS SRV record of the domain.
     Srv {
+        /// The SRV service the record was found under: `_xmpp-server`, `_xmpps-server` (Direct TLS),
+        /// `_xmpp-client` or `_xmpps-client` (Direct TLS).
+        service: &'static str,
         /// The record's priority (lower is tried first).
         priority: u16,
         /// The record's weight among records of the same priority.
@@ -201,7 +353,7 @@ pub enum RouteSource {
         /// The record's target host, without the trailing dot.
         target: String,
     },
-    /// The domain's own A/AAAA records on the default port, because it has no SRV records.
+    /// The domain's own A/AAAA records on the default port, because it has no SRV records. Never Direct TLS.
     Fallback,
 }
 
@@ -212,6 +364,9 @@ pub struct Candidate {
     pub addr: SocketAddr,
     /// The host name (or IP literal) `addr` was resolved from, without a trailing dot.
     pub host: String,
+    /// Start TLS right after connecting (XEP-0368 Direct TLS: a `tls://` route or upstream, or an `_xmpps-`
+    /// SRV record) instead of opening a plaintext stream.
+    pub direct_tls: bool,
     /// How this candidate was chosen.
     pub source: RouteSource,
 }
@@ -227,6 +382,8 @@ pub struct SrvRecord {
     pub port: u16,
     /// Target host name, as in the record (with its trailing dot if it had one).
     pub target: String,
+    /// Whether the record came from the Direct TLS service (`_xmpps-`, XEP-0368).
+    pub direct_tls: bool,
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -263,49 +420,57 @@ pub enum RouteError {
     /// Not a reason to fall back to other records: the answer is unknown, not empty.
     #[error(
         "DNS query {query} failed: {source}; check that the resolver is reachable, \
-         or add --route {domain}=HOST:PORT"
+         or add {flag} {domain}=HOST:PORT"
     )]
     Dns {
         /// The domain being routed.
         domain: String,
+        /// The flag that adds a static route for this service: `--route` or `--c2s-route`.
+        flag: &'static str,
         /// The query that failed, e.g. `SRV _xmpp-server._tcp.b.test.`.
         query: String,
         /// The underlying error (boxed: it is large).
         source: Box<NetError>,
     },
-    /// The domain publishes a single SRV record with target `.`: the service is decidedly not available
-    /// (RFC 2782).
+    /// The domain's STARTTLS service publishes a single SRV record with target `.` (RFC 2782: the service is
+    /// decidedly not available), and its Direct TLS service has no usable records either.
     #[error(
         "{domain} says it offers no XMPP service: SRV {srv_name} has target \".\"; \
-         add --route {domain}=HOST:PORT to send it somewhere anyway"
+         add {flag} {domain}=HOST:PORT to send it somewhere anyway"
     )]
     NoService {
         /// The domain being routed.
         domain: String,
-        /// The SRV name queried.
+        /// The SRV name that said so, e.g. `_xmpp-server._tcp.b.test.`.
         srv_name: String,
+        /// The flag that adds a static route for this service: `--route` or `--c2s-route`.
+        flag: &'static str,
     },
-    /// The domain has neither SRV records nor A/AAAA records.
+    /// The domain has neither usable SRV records (Direct TLS or not) nor A/AAAA records.
     #[error(
-        "no route to {domain}: SRV {srv_name} and A/AAAA {domain}. both empty; \
-         add --route {domain}=HOST:PORT"
+        "no route to {domain}: SRV {srv_names} are empty, and so is A/AAAA {domain}.; \
+         add {flag} {domain}=HOST:PORT"
     )]
     NoRoute {
         /// The domain being routed.
         domain: String,
-        /// The SRV name queried.
-        srv_name: String,
+        /// The SRV names queried, e.g. `_xmpps-server._tcp.b.test. and _xmpp-server._tcp.b.test.`.
+        srv_names: String,
+        /// The flag that adds a static route for this service: `--route` or `--c2s-route`.
+        flag: &'static str,
     },
     /// The domain has SRV records, but none of their targets has an address.
     #[error(
-        "no route to {domain}: SRV {srv_name} targets {targets} have no A/AAAA records; \
-         add --route {domain}=HOST:PORT"
+        "no route to {domain}: SRV {srv_names} targets {targets} have no A/AAAA records; \
+         add {flag} {domain}=HOST:PORT"
     )]
     SrvTargetsEmpty {
         /// The domain being routed.
         domain: String,
-        /// The SRV name queried.
-        srv_name: String,
+        /// The SRV names that had records, joined with `and`.
+        srv_names: String,
+        /// The flag that adds a static route for this service: `--route` or `--c2s-route`.
+        flag: &'static str,
         /// The targets, comma-separated.
         targets: String,
     },
@@ -323,11 +488,13 @@ pub enum RouteError {
     /// the stream to ourselves. Never retried.
     #[error(
         "routing loop: {domain} resolves to {addr}, which is xmpptap's own listener; \
-         add --route {domain}=HOST:PORT naming the real server"
+         add {flag} {domain}=HOST:PORT naming the real server"
     )]
     RoutingLoop {
         /// The domain being routed.
         domain: String,
+        /// The flag that adds a static route for this service: `--route` or `--c2s-route`.
+        flag: &'static str,
         /// The first of our own addresses the domain resolved to.
         addr: SocketAddr,
     },
@@ -462,6 +629,81 @@ pub fn order_srv<R: FnMut(u32) -> u32>(
     ordered
 }
 
+/// What one SRV query answered.
+#[derive(Debug)]
+enum SrvAnswer {
+    /// The records found; empty for NXDOMAIN or no SRV data at the name.
+    Records(Vec<SrvRecord>),
+    /// The query failed otherwise (usually [`RouteError::Dns`]): the answer is unknown, not empty.
+    Failed(RouteError),
+}
+
+/// What DNS says about a domain once both SRV answers are in.
+#[derive(Debug, PartialEq, Eq)]
+enum SrvPlan {
+    /// Records of either service or both, to be ordered together by [`order_srv`].
+    Records(Vec<SrvRecord>),
+    /// Neither service has usable records: the domain's A/AAAA records on the default port (RFC 6120 3.2.2).
+    Fallback,
+    /// The STARTTLS service says it is not offered (target `.`), and Direct TLS has no usable records.
+    NoService,
+}
+
+/// Combines the answers of the Direct TLS (`_xmpps-`) and STARTTLS (`_xmpp-`) services: XEP-0368 3 makes the
+/// records of both one set for RFC 2782 ordering.
+///
+/// - A service whose only record has target `.` is not offered (RFC 2782) and contributes nothing.
+/// - Records from either service win. A failed query beside a service with records is logged at debug and
+///   otherwise ignored: the records found are a real answer.
+/// - Otherwise a failure is the error (the STARTTLS one if both failed): the failed service might have had
+///   records, so falling back would be a guess.
+/// - Otherwise, if the STARTTLS service said `.`, [`SrvPlan::NoService`]; if it has no records,
+///   [`SrvPlan::Fallback`]. The fallback belongs to the STARTTLS service (RFC 6120 3.2.2; XEP-0368 defines
+///   none for Direct TLS), so an `_xmpps-` `.` alone does not prevent it.
+///
+/// The Direct TLS records come first in the merged set: among records of equal priority and weight 0, which
+/// [`order_srv`] keeps in the order given, Direct TLS is tried first.
+fn merge_srv(domain: &str, direct: SrvAnswer, starttls: SrvAnswer) -> Result<SrvPlan, RouteError> {
+    /// One service's answer, with a lone `.` told apart from records.
+    enum Offer {
+        Records(Vec<SrvRecord>),
+        NotOffered,
+        Empty,
+        Failed(RouteError),
+    }
+    let offer = |answer| match answer {
+        SrvAnswer::Records(records) if records.is_empty() => Offer::Empty,
+        SrvAnswer::Records(records) if matches!(records.as_slice(), [only] if only.target == ".") => {
+            Offer::NotOffered
+        }
+        SrvAnswer::Records(records) => Offer::Records(records),
+        SrvAnswer::Failed(e) => Offer::Failed(e),
+    };
+    match (offer(direct), offer(starttls)) {
+        (Offer::Records(mut direct), Offer::Records(starttls)) => {
+            direct.extend(starttls);
+            Ok(SrvPlan::Records(direct))
+        }
+        (Offer::Records(records), Offer::Failed(e))
+        | (Offer::Failed(e), Offer::Records(records)) => {
+            debug!(domain, error = %e, "one SRV query failed; using the other service's records");
+            Ok(SrvPlan::Records(records))
+        }
+        (Offer::Records(records), _) | (_, Offer::Records(records)) => {
+            Ok(SrvPlan::Records(records))
+        }
+        (direct, Offer::Failed(e)) => {
+            if let Offer::Failed(other) = direct {
+                debug!(domain, error = %other, "the Direct TLS SRV query failed too");
+            }
+            Err(e)
+        }
+        (Offer::Failed(e), _) => Err(e),
+        (_, Offer::NotOffered) => Ok(SrvPlan::NoService),
+        (_, Offer::Empty) => Ok(SrvPlan::Fallback),
+    }
+}
+
 /// Whether connecting to `addr` would reach one of our own `listeners`.
 ///
 /// A listener on a specific address matches exactly that address and port. A listener on `0.0.0.0` or `::`
@@ -508,35 +750,21 @@ fn is_local_ip(ip: IpAddr) -> bool {
 // ---------------------------------------------------------------------------------------------------------
 // Router
 
-/// What a [`Router`] is built from.
-#[derive(Clone, Debug)]
+/// What a [`Router`] is built from. The default: no routes, no upstream, the system resolver,
+/// [`Service::Server`].
+#[derive(Clone, Debug, Default)]
 pub struct RouterConfig {
     /// Static routes: `(domain, where to send it)`. Domains match case-insensitively, trailing dot ignored.
-    pub routes: Vec<(String, HostPort)>,
+    pub routes: Vec<(String, RouteTarget)>,
     /// Reverse-proxy mode: send every domain without a static route here.
-    pub upstream: Option<HostPort>,
+    pub upstream: Option<RouteTarget>,
     /// DNS server to ask (over UDP, and TCP for truncated answers); `None` reads `/etc/resolv.conf`.
     pub resolver: Option<SocketAddr>,
-    /// SRV service and protocol labels, e.g. [`XMPP_SERVER_SRV`].
-    pub srv_service: &'static str,
-    /// Port for the A/AAAA fallback, e.g. [`XMPP_SERVER_PORT`].
-    pub default_port: u16,
+    /// The service whose SRV records are asked (both its `_xmpps-` and `_xmpp-` names) and whose port the
+    /// A/AAAA fallback uses.
+    pub srv_service: Service,
     /// The addresses xmpptap itself listens on (as bound, with real ports), to detect routing loops.
     pub own_listeners: Vec<SocketAddr>,
-}
-
-impl Default for RouterConfig {
-    /// No routes, no upstream, the system resolver, S2S SRV and port.
-    fn default() -> Self {
-        RouterConfig {
-            routes: Vec::new(),
-            upstream: None,
-            resolver: None,
-            srv_service: XMPP_SERVER_SRV,
-            default_port: XMPP_SERVER_PORT,
-            own_listeners: Vec::new(),
-        }
-    }
 }
 
 /// Turns domains into ordered candidate addresses. Built once in `run()` and shared (`&Router` is enough;
@@ -544,11 +772,10 @@ impl Default for RouterConfig {
 #[derive(Debug)]
 pub struct Router {
     /// Static routes with normalized domains.
-    routes: Vec<(String, HostPort)>,
-    upstream: Option<HostPort>,
+    routes: Vec<(String, RouteTarget)>,
+    upstream: Option<RouteTarget>,
     resolver: TokioResolver,
-    srv_service: &'static str,
-    default_port: u16,
+    service: Service,
     own_listeners: Vec<SocketAddr>,
 }
 
@@ -590,23 +817,33 @@ impl Router {
             routes,
             upstream: cfg.upstream,
             resolver,
-            srv_service: cfg.srv_service,
-            default_port: cfg.default_port,
+            service: cfg.srv_service,
             own_listeners: cfg.own_listeners,
         })
+    }
+
+    /// The service this router finds servers for.
+    pub fn service(&self) -> Service {
+        self.service
     }
 
     /// Ordered candidates for `domain` (the `to` of the initiator's stream header):
     ///
     /// 1. the static route for the domain (case-insensitive, trailing dot ignored);
     /// 2. else the upstream, if set;
-    /// 3. else SRV `{srv_service}.{domain}.` in RFC 2782 order, each target's A then AAAA addresses; a single
-    ///    record with target `.` is [`RouteError::NoService`];
-    /// 4. if there are no SRV records (NXDOMAIN or empty), the domain's A then AAAA addresses on the default
-    ///    port ([`RouteSource::Fallback`]). An IP-literal domain goes straight here, without DNS.
+    /// 3. else SRV: the Direct TLS service (`_xmpps-server._tcp.{domain}.` for [`Service::Server`]) and the
+    ///    STARTTLS one (`_xmpp-server._tcp.{domain}.`) are asked together and their records ordered as one set
+    ///    (XEP-0368 3; RFC 2782 order, [`order_srv`]), each target's A then AAAA addresses; `_xmpps-` records
+    ///    give Direct TLS candidates. A service whose only record has target `.` is not offered and
+    ///    contributes nothing; if that leaves nothing and it was the STARTTLS service that said so,
+    ///    [`RouteError::NoService`];
+    /// 4. if neither service has SRV records (NXDOMAIN or empty; an `_xmpps-` `.` counts as none), the
+    ///    domain's A then AAAA addresses on the default port, plaintext ([`RouteSource::Fallback`]). An
+    ///    IP-literal domain goes straight here, without DNS.
     ///
-    /// Any other DNS failure is [`RouteError::Dns`]. Candidates that are our own listeners are removed; if
-    /// none remain, [`RouteError::RoutingLoop`].
+    /// Any other DNS failure is [`RouteError::Dns`], except that a failed SRV query is only logged (at debug)
+    /// when the other service has records. Candidates that are our own listeners are removed; if none
+    /// remain, [`RouteError::RoutingLoop`].
     ///
     /// Cancel-safe: dropping the future abandons the lookups and leaves the router usable.
     pub async fn candidates(&self, domain: &str) -> Result<Vec<Candidate>, RouteError> {
@@ -618,8 +855,9 @@ impl Router {
                 .await?
         } else if let Some(ip) = domain_ip(&domain) {
             vec![Candidate {
-                addr: SocketAddr::new(ip, self.default_port),
+                addr: SocketAddr::new(ip, self.service.default_port()),
                 host: domain.clone(),
+                direct_tls: false,
                 source: RouteSource::Fallback,
             }]
         } else {
@@ -632,13 +870,15 @@ impl Router {
     async fn configured(
         &self,
         domain: &str,
-        target: &HostPort,
+        target: &RouteTarget,
         what: Configured,
     ) -> Result<Vec<Candidate>, RouteError> {
         let source = match what {
             Configured::Static => RouteSource::Static,
             Configured::Upstream => RouteSource::Upstream,
         };
+        let direct_tls = target.direct_tls;
+        let target = &target.host_port;
         let ips = match target.ip() {
             Some(ip) => vec![ip],
             None => self.addresses(domain, &target.host).await?,
@@ -658,65 +898,49 @@ impl Router {
             .map(|ip| Candidate {
                 addr: SocketAddr::new(ip, target.port),
                 host: target.host.clone(),
+                direct_tls,
                 source: source.clone(),
             })
             .collect())
     }
 
-    /// Steps 3 and 4: SRV, else A/AAAA fallback.
+    /// Steps 3 and 4: SRV for both services (XEP-0368), else A/AAAA fallback.
     async fn dns_candidates(&self, domain: &str) -> Result<Vec<Candidate>, RouteError> {
-        let srv_name = format!("{}.{domain}.", self.srv_service);
-        let name = dns_name(&srv_name)?;
-        let records = match self.resolver.srv_lookup(name).await {
-            Ok(lookup) => lookup
-                .answers()
-                .iter()
-                .filter_map(|record| match &record.data {
-                    RData::SRV(srv) => Some(SrvRecord {
-                        priority: srv.priority,
-                        weight: srv.weight,
-                        port: srv.port,
-                        target: srv.target.to_ascii(),
-                    }),
-                    _ => None,
-                })
-                .collect::<Vec<_>>(),
-            Err(e) if e.is_no_records_found() => Vec::new(),
-            Err(source) => {
-                return Err(RouteError::Dns {
-                    domain: domain.to_owned(),
-                    query: format!("SRV {srv_name}"),
-                    source: Box::new(source),
-                })
-            }
-        };
-        debug!(domain, srv = %srv_name, records = records.len(), "SRV lookup");
-
-        if records.is_empty() {
-            let ips = self.addresses(domain, domain).await?;
-            if ips.is_empty() {
-                return Err(RouteError::NoRoute {
-                    domain: domain.to_owned(),
-                    srv_name,
-                });
-            }
-            return Ok(ips
-                .into_iter()
-                .map(|ip| Candidate {
-                    addr: SocketAddr::new(ip, self.default_port),
-                    host: domain.to_owned(),
-                    source: RouteSource::Fallback,
-                })
-                .collect());
-        }
-        if let [only] = records.as_slice() {
-            if only.target == "." {
+        let direct_name = self.service.srv_name(true, domain);
+        let starttls_name = self.service.srv_name(false, domain);
+        let (direct, starttls) = tokio::join!(
+            self.srv_lookup(domain, &direct_name, true),
+            self.srv_lookup(domain, &starttls_name, false),
+        );
+        let records = match merge_srv(domain, direct, starttls)? {
+            SrvPlan::Records(records) => records,
+            SrvPlan::NoService => {
                 return Err(RouteError::NoService {
                     domain: domain.to_owned(),
-                    srv_name,
-                });
+                    srv_name: starttls_name,
+                    flag: self.service.route_flag(),
+                })
             }
-        }
+            SrvPlan::Fallback => {
+                let ips = self.addresses(domain, domain).await?;
+                if ips.is_empty() {
+                    return Err(RouteError::NoRoute {
+                        domain: domain.to_owned(),
+                        srv_names: format!("{direct_name} and {starttls_name}"),
+                        flag: self.service.route_flag(),
+                    });
+                }
+                return Ok(ips
+                    .into_iter()
+                    .map(|ip| Candidate {
+                        addr: SocketAddr::new(ip, self.service.default_port()),
+                        host: domain.to_owned(),
+                        direct_tls: false,
+                        source: RouteSource::Fallback,
+                    })
+                    .collect());
+            }
+        };
 
         // The thread-local rng is not Send: order in a block so it is gone before the next await.
         let ordered = {
@@ -734,7 +958,9 @@ impl Router {
                 Ok(ips) => candidates.extend(ips.into_iter().map(|ip| Candidate {
                     addr: SocketAddr::new(ip, record.port),
                     host: target.to_owned(),
+                    direct_tls: record.direct_tls,
                     source: RouteSource::Srv {
+                        service: self.service.label(record.direct_tls),
                         priority: record.priority,
                         weight: record.weight,
                         target: target.to_owned(),
@@ -757,13 +983,62 @@ impl Router {
                 .map(|r| r.target.as_str())
                 .collect::<Vec<_>>()
                 .join(", ");
+            let srv_names = [(true, &direct_name), (false, &starttls_name)]
+                .into_iter()
+                .filter(|(direct_tls, _)| ordered.iter().any(|r| r.direct_tls == *direct_tls))
+                .map(|(_, name)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(" and ");
             return Err(RouteError::SrvTargetsEmpty {
                 domain: domain.to_owned(),
-                srv_name,
+                srv_names,
                 targets,
+                flag: self.service.route_flag(),
             });
         }
         Ok(candidates)
+    }
+
+    /// One SRV query, its records marked `direct_tls` as given.
+    async fn srv_lookup(&self, domain: &str, srv_name: &str, direct_tls: bool) -> SrvAnswer {
+        let name = match dns_name(srv_name) {
+            Ok(name) => name,
+            Err(e) => return SrvAnswer::Failed(e),
+        };
+        let answer = match self.resolver.srv_lookup(name).await {
+            Ok(lookup) => SrvAnswer::Records(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::SRV(srv) => Some(SrvRecord {
+                            priority: srv.priority,
+                            weight: srv.weight,
+                            port: srv.port,
+                            target: srv.target.to_ascii(),
+                            direct_tls,
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) if e.is_no_records_found() => SrvAnswer::Records(Vec::new()),
+            Err(source) => SrvAnswer::Failed(RouteError::Dns {
+                domain: domain.to_owned(),
+                query: format!("SRV {srv_name}"),
+                source: Box::new(source),
+                flag: self.service.route_flag(),
+            }),
+        };
+        match &answer {
+            SrvAnswer::Records(records) => {
+                debug!(domain, srv = %srv_name, records = records.len(), "SRV lookup")
+            }
+            SrvAnswer::Failed(e) => {
+                debug!(domain, srv = %srv_name, error = %e, "SRV lookup failed")
+            }
+        }
+        answer
     }
 
     /// A then AAAA addresses of `host` (hosts file first, then DNS). Empty when the name has neither
@@ -807,6 +1082,7 @@ impl Router {
                 domain: domain.to_owned(),
                 query: format!("{record_type} {fqdn}"),
                 source: Box::new(source),
+                flag: self.service.route_flag(),
             }),
             _ => Ok(ips),
         }
@@ -827,6 +1103,7 @@ impl Router {
             (true, Some(first)) => Err(RouteError::RoutingLoop {
                 domain: domain.to_owned(),
                 addr: first.addr,
+                flag: self.service.route_flag(),
             }),
             _ => Ok(kept),
         }
@@ -877,6 +1154,7 @@ mod tests {
             weight,
             port: 5269,
             target: target.to_owned(),
+            direct_tls: false,
         }
     }
 
@@ -895,7 +1173,7 @@ mod tests {
         RouterConfig {
             routes: routes
                 .iter()
-                .map(|(d, t)| ((*d).to_owned(), t.clone()))
+                .map(|(d, t)| ((*d).to_owned(), RouteTarget::from(t.clone())))
                 .collect(),
             resolver: Some(sa(UNUSED_RESOLVER)),
             ..RouterConfig::default()
@@ -972,6 +1250,266 @@ mod tests {
                 Err(e) => assert!(expected(&e), "{input}: unexpected error {e:?}"),
             }
         }
+    }
+
+    #[test]
+    fn route_target_parse_and_display() {
+        let ok: &[(&str, &str, u16, bool, &str)] = &[
+            ("b.test:5269", "b.test", 5269, false, "b.test:5269"),
+            (
+                "tls://b.test:5270",
+                "b.test",
+                5270,
+                true,
+                "tls://b.test:5270",
+            ),
+            (
+                "TLS://b.test:5270",
+                "b.test",
+                5270,
+                true,
+                "tls://b.test:5270",
+            ),
+            (
+                "tls://192.0.2.1:5223",
+                "192.0.2.1",
+                5223,
+                true,
+                "tls://192.0.2.1:5223",
+            ),
+            (
+                "tls://[2001:db8::1]:5223",
+                "2001:db8::1",
+                5223,
+                true,
+                "tls://[2001:db8::1]:5223",
+            ),
+            ("[::1]:5222", "::1", 5222, false, "[::1]:5222"),
+        ];
+        for (input, host, port, direct_tls, shown) in ok {
+            let parsed: RouteTarget = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(
+                parsed,
+                RouteTarget {
+                    host_port: hp(host, *port),
+                    direct_tls: *direct_tls
+                },
+                "{input}"
+            );
+            assert_eq!(parsed.to_string(), *shown, "{input}");
+            assert_eq!(
+                parsed.to_string().parse::<RouteTarget>().ok(),
+                Some(parsed.clone()),
+                "{input} round trip"
+            );
+            assert_eq!(
+                serde_json::to_string(&parsed).unwrap_or_default(),
+                format!("\"{shown}\""),
+                "{input} as JSON"
+            );
+        }
+        type Expect = fn(&RouteTargetError) -> bool;
+        let bad: &[(&str, Expect)] = &[
+            (
+                "tcp://b.test:5269",
+                |e| matches!(e, RouteTargetError::UnknownScheme { scheme, .. } if scheme == "tcp://"),
+            ),
+            ("xmpps://b.test:5223", |e| {
+                matches!(e, RouteTargetError::UnknownScheme { .. })
+            }),
+            ("://b.test:5269", |e| {
+                matches!(e, RouteTargetError::UnknownScheme { .. })
+            }),
+            ("tls://b.test", |e| {
+                matches!(
+                    e,
+                    RouteTargetError::HostPort(HostPortError::MissingPort { .. })
+                )
+            }),
+            ("tls://", |e| {
+                matches!(
+                    e,
+                    RouteTargetError::HostPort(HostPortError::MissingPort { .. })
+                )
+            }),
+            ("tls://b.test:0", |e| {
+                matches!(
+                    e,
+                    RouteTargetError::HostPort(HostPortError::InvalidPort { .. })
+                )
+            }),
+            ("tls://tls://b.test:5270", |e| {
+                matches!(e, RouteTargetError::HostPort(_))
+            }),
+            ("tls://::1:5223", |e| {
+                matches!(
+                    e,
+                    RouteTargetError::HostPort(HostPortError::UnbracketedIpv6 { .. })
+                )
+            }),
+            ("b.test", |e| {
+                matches!(
+                    e,
+                    RouteTargetError::HostPort(HostPortError::MissingPort { .. })
+                )
+            }),
+        ];
+        for (input, expected) in bad {
+            match input.parse::<RouteTarget>() {
+                Ok(parsed) => panic!("{input} parsed as {parsed:?}"),
+                Err(e) => assert!(expected(&e), "{input}: unexpected error {e:?}"),
+            }
+        }
+        let err = "tcp://b.test:5269"
+            .parse::<RouteTarget>()
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "\"tcp://b.test:5269\" has an unknown scheme \"tcp://\"; write HOST:PORT, \
+                 or tls://HOST:PORT for Direct TLS"
+            )
+        );
+    }
+
+    #[test]
+    fn service_names_and_ports() {
+        assert_eq!(
+            (
+                Service::Server.srv_name(true, "b.test"),
+                Service::Server.srv_name(false, "b.test"),
+                Service::Server.default_port(),
+                Service::Server.route_flag()
+            ),
+            (
+                "_xmpps-server._tcp.b.test.".to_owned(),
+                "_xmpp-server._tcp.b.test.".to_owned(),
+                5269,
+                "--route"
+            )
+        );
+        assert_eq!(
+            (
+                Service::Client.srv_name(true, "b.test"),
+                Service::Client.srv_name(false, "b.test"),
+                Service::Client.default_port(),
+                Service::Client.route_flag()
+            ),
+            (
+                "_xmpps-client._tcp.b.test.".to_owned(),
+                "_xmpp-client._tcp.b.test.".to_owned(),
+                5222,
+                "--c2s-route"
+            )
+        );
+        assert_eq!(Service::default(), Service::Server);
+    }
+
+    #[test]
+    fn merge_srv_table() {
+        /// What a test answer is: records (`"t"` plain, `"T"` Direct TLS), a lone ".", or a failure.
+        #[derive(Clone, Copy)]
+        enum A {
+            Recs(&'static [&'static str]),
+            Dot,
+            Empty,
+            Fail(&'static str),
+        }
+        fn answer(a: A, direct_tls: bool) -> SrvAnswer {
+            let record = |target: &str| SrvRecord {
+                direct_tls,
+                ..srv(0, 0, target)
+            };
+            match a {
+                A::Recs(targets) => SrvAnswer::Records(targets.iter().map(|t| record(t)).collect()),
+                A::Dot => SrvAnswer::Records(vec![record(".")]),
+                A::Empty => SrvAnswer::Records(vec![]),
+                A::Fail(query) => SrvAnswer::Failed(RouteError::Dns {
+                    domain: "b.test".into(),
+                    query: query.into(),
+                    source: Box::new(NetError::Message("SERVFAIL")),
+                    flag: "--route",
+                }),
+            }
+        }
+        fn outcome(result: Result<SrvPlan, RouteError>) -> String {
+            match result {
+                Ok(SrvPlan::Records(records)) => records
+                    .iter()
+                    .map(|r| format!("{}{}", if r.direct_tls { "+" } else { "" }, r.target))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Ok(SrvPlan::Fallback) => "fallback".into(),
+                Ok(SrvPlan::NoService) => "no service".into(),
+                Err(RouteError::Dns { query, .. }) => format!("error {query}"),
+                Err(e) => format!("unexpected {e}"),
+            }
+        }
+        use A::*;
+        let cases: &[(A, A, &str)] = &[
+            // Both services: one set, Direct TLS first.
+            (Recs(&["d1", "d2"]), Recs(&["s1"]), "+d1 +d2 s1"),
+            (Recs(&["d1"]), Empty, "+d1"),
+            (Empty, Recs(&["s1"]), "s1"),
+            // A lone "." takes its service out.
+            (Dot, Recs(&["s1"]), "s1"),
+            (Recs(&["d1"]), Dot, "+d1"),
+            (Dot, Dot, "no service"),
+            (Empty, Dot, "no service"),
+            // The fallback belongs to the STARTTLS service: an _xmpps- "." does not stop it.
+            (Dot, Empty, "fallback"),
+            (Empty, Empty, "fallback"),
+            // "." among other records is not "no service"; the resolver skips it.
+            (Recs(&[".", "d1"]), Empty, "+. +d1"),
+            // A failure beside records is ignored.
+            (Fail("SRV d"), Recs(&["s1"]), "s1"),
+            (Recs(&["d1"]), Fail("SRV s"), "+d1"),
+            // Otherwise a failure wins: the failed service might have had records.
+            (Fail("SRV d"), Empty, "error SRV d"),
+            (Fail("SRV d"), Dot, "error SRV d"),
+            (Empty, Fail("SRV s"), "error SRV s"),
+            (Dot, Fail("SRV s"), "error SRV s"),
+            (Fail("SRV d"), Fail("SRV s"), "error SRV s"),
+        ];
+        for (i, (direct, starttls, expected)) in cases.iter().enumerate() {
+            let got = outcome(merge_srv(
+                "b.test",
+                answer(*direct, true),
+                answer(*starttls, false),
+            ));
+            assert_eq!(got, *expected, "case {i}");
+        }
+    }
+
+    #[test]
+    fn order_srv_mixes_direct_tls_and_starttls_records() {
+        let direct = |priority, weight, target: &str| SrvRecord {
+            direct_tls: true,
+            ..srv(priority, weight, target)
+        };
+        // Priority decides across services; weight 0 ties keep the merged order (Direct TLS first).
+        let ordered = order_srv(
+            vec![
+                direct(5, 0, "d5"),
+                direct(0, 0, "d0"),
+                srv(0, 0, "s0"),
+                srv(1, 0, "s1"),
+            ],
+            |_| 0,
+        );
+        assert_eq!(targets(&ordered), ["d0", "s0", "s1", "d5"]);
+        assert_eq!(
+            ordered.iter().map(|r| r.direct_tls).collect::<Vec<_>>(),
+            [true, false, false, true]
+        );
+        // Equal priority, weights 10 (Direct TLS) and 90: the random number picks across services.
+        let picked = |random| {
+            let ordered = order_srv(vec![direct(0, 10, "d"), srv(0, 90, "s")], |_| random);
+            targets(&ordered).join(" ")
+        };
+        assert_eq!(picked(10), "d s");
+        assert_eq!(picked(11), "s d");
     }
 
     #[test]
@@ -1174,7 +1712,7 @@ mod tests {
     #[tokio::test]
     async fn static_route_wins_then_upstream() {
         let r = router(RouterConfig {
-            upstream: Some(hp("192.0.2.9", 5222)),
+            upstream: Some(hp("192.0.2.9", 5222).into()),
             ..static_config(&[
                 ("B.test.", hp("192.0.2.1", 5270)),
                 ("v6.test", hp("2001:db8::2", 5269)),
@@ -1189,6 +1727,7 @@ mod tests {
             vec![Candidate {
                 addr: sa("192.0.2.1:5270"),
                 host: "192.0.2.1".into(),
+                direct_tls: false,
                 source: RouteSource::Static
             }]
         );
@@ -1206,6 +1745,7 @@ mod tests {
             vec![Candidate {
                 addr: sa("192.0.2.9:5222"),
                 host: "192.0.2.9".into(),
+                direct_tls: false,
                 source: RouteSource::Upstream
             }]
         );
@@ -1264,6 +1804,7 @@ mod tests {
     #[test]
     fn serializes_route_source_for_the_transcript() {
         let srv = RouteSource::Srv {
+            service: "_xmpps-server",
             priority: 1,
             weight: 2,
             target: "x.test".into(),
@@ -1271,7 +1812,7 @@ mod tests {
         let json = serde_json::to_string(&srv).unwrap_or_default();
         assert_eq!(
             json,
-            r#"{"kind":"srv","priority":1,"weight":2,"target":"x.test"}"#
+            r#"{"kind":"srv","service":"_xmpps-server","priority":1,"weight":2,"target":"x.test"}"#
         );
         assert_eq!(
             serde_json::to_string(&RouteSource::Static).unwrap_or_default(),
@@ -1333,6 +1874,98 @@ mod tests {
                     (ResponseCode::NoError, vec![a(127, 0, 0, 1)])
                 }
                 ("self.loop.test.", RecordType::AAAA) => (ResponseCode::NoError, vec![]),
+                // XEP-0368: Direct TLS (`_xmpps-`) records mixed with STARTTLS (`_xmpp-`) ones. The targets
+                // tls.x.test and plain.x.test serve every zone below.
+                ("tls.x.test.", RecordType::A) => (ResponseCode::NoError, vec![a(192, 0, 2, 50)]),
+                ("plain.x.test.", RecordType::A) => (ResponseCode::NoError, vec![a(192, 0, 2, 51)]),
+                ("tls.x.test." | "plain.x.test.", RecordType::AAAA) => {
+                    (ResponseCode::NoError, vec![])
+                }
+                // x.test: Direct TLS at priority 0 beats STARTTLS at priority 5; also for C2S.
+                ("_xmpps-server._tcp.x.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(0, 0, 5270, "tls.x.test.")])
+                }
+                ("_xmpp-server._tcp.x.test.", RecordType::SRV) => (
+                    ResponseCode::NoError,
+                    vec![srv(5, 0, 5269, "plain.x.test.")],
+                ),
+                ("_xmpps-client._tcp.x.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(0, 0, 5223, "tls.x.test.")])
+                }
+                ("_xmpp-client._tcp.x.test.", RecordType::SRV) => (
+                    ResponseCode::NoError,
+                    vec![srv(5, 0, 5222, "plain.x.test.")],
+                ),
+                // y.test: the other way round, STARTTLS preferred.
+                ("_xmpps-server._tcp.y.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(10, 0, 5270, "tls.x.test.")])
+                }
+                ("_xmpp-server._tcp.y.test.", RecordType::SRV) => (
+                    ResponseCode::NoError,
+                    vec![srv(1, 0, 5269, "plain.x.test.")],
+                ),
+                // w.test: equal priorities, Direct TLS weighted 90 against 10.
+                ("_xmpps-server._tcp.w.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(3, 90, 5270, "tls.x.test.")])
+                }
+                ("_xmpp-server._tcp.w.test.", RecordType::SRV) => (
+                    ResponseCode::NoError,
+                    vec![srv(3, 10, 5269, "plain.x.test.")],
+                ),
+                // tie.test: equal priorities, both weight 0.
+                ("_xmpps-server._tcp.tie.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(3, 0, 5270, "tls.x.test.")])
+                }
+                ("_xmpp-server._tcp.tie.test.", RecordType::SRV) => (
+                    ResponseCode::NoError,
+                    vec![srv(3, 0, 5269, "plain.x.test.")],
+                ),
+                // nodirect.test: "no Direct TLS here", STARTTLS records.
+                ("_xmpps-server._tcp.nodirect.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(0, 0, 0, ".")])
+                }
+                ("_xmpp-server._tcp.nodirect.test.", RecordType::SRV) => (
+                    ResponseCode::NoError,
+                    vec![srv(5, 0, 5269, "plain.x.test.")],
+                ),
+                // onlydirect.test: Direct TLS records, "no STARTTLS here".
+                ("_xmpps-server._tcp.onlydirect.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(5, 0, 5270, "tls.x.test.")])
+                }
+                ("_xmpp-server._tcp.onlydirect.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(0, 0, 0, ".")])
+                }
+                // none.test: no service of either kind.
+                (
+                    "_xmpps-server._tcp.none.test." | "_xmpp-server._tcp.none.test.",
+                    RecordType::SRV,
+                ) => (ResponseCode::NoError, vec![srv(0, 0, 0, ".")]),
+                // dotfb.test: "no Direct TLS", no STARTTLS records at all: A/AAAA fallback.
+                ("_xmpps-server._tcp.dotfb.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(0, 0, 0, ".")])
+                }
+                ("dotfb.test.", RecordType::A) => (ResponseCode::NoError, vec![a(192, 0, 2, 60)]),
+                ("dotfb.test.", RecordType::AAAA) => (ResponseCode::NoError, vec![]),
+                // fail1.test / fail2.test: one of the two SRV queries fails, the other has records.
+                ("_xmpps-server._tcp.fail1.test.", RecordType::SRV)
+                | ("_xmpp-server._tcp.fail2.test.", RecordType::SRV) => {
+                    (ResponseCode::ServFail, vec![])
+                }
+                ("_xmpp-server._tcp.fail1.test.", RecordType::SRV) => (
+                    ResponseCode::NoError,
+                    vec![srv(5, 0, 5269, "plain.x.test.")],
+                ),
+                ("_xmpps-server._tcp.fail2.test.", RecordType::SRV) => {
+                    (ResponseCode::NoError, vec![srv(5, 0, 5270, "tls.x.test.")])
+                }
+                // failboth.test: both fail; it has an A record that must not be used.
+                (
+                    "_xmpps-server._tcp.failboth.test." | "_xmpp-server._tcp.failboth.test.",
+                    RecordType::SRV,
+                ) => (ResponseCode::ServFail, vec![]),
+                ("failboth.test.", RecordType::A) => {
+                    (ResponseCode::NoError, vec![a(192, 0, 2, 70)])
+                }
                 // Everything else (a.test SRV, c.test entirely) does not exist.
                 _ => (ResponseCode::NXDomain, vec![]),
             }
@@ -1394,11 +2027,13 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let main = RouteSource::Srv {
+            service: "_xmpp-server",
             priority: 10,
             weight: 0,
             target: "main.b.test".into(),
         };
         let backup = RouteSource::Srv {
+            service: "_xmpp-server",
             priority: 20,
             weight: 0,
             target: "backup.b.test".into(),
@@ -1407,16 +2042,19 @@ mod tests {
             Candidate {
                 addr: sa("192.0.2.10:5270"),
                 host: "main.b.test".into(),
+                direct_tls: false,
                 source: main.clone(),
             },
             Candidate {
                 addr: sa("192.0.2.11:5270"),
                 host: "main.b.test".into(),
+                direct_tls: false,
                 source: main,
             },
             Candidate {
                 addr: sa("192.0.2.20:5271"),
                 host: "backup.b.test".into(),
+                direct_tls: false,
                 source: backup,
             },
         ];
@@ -1435,6 +2073,7 @@ mod tests {
             vec![Candidate {
                 addr: sa("192.0.2.30:5269"),
                 host: "a.test".into(),
+                direct_tls: false,
                 source: RouteSource::Fallback
             }]
         );
@@ -1446,8 +2085,8 @@ mod tests {
         match r.candidates("c.test").await {
             Err(e @ RouteError::NoRoute { .. }) => assert_eq!(
                 e.to_string(),
-                "no route to c.test: SRV _xmpp-server._tcp.c.test. and A/AAAA c.test. both empty; \
-                 add --route c.test=HOST:PORT"
+                "no route to c.test: SRV _xmpps-server._tcp.c.test. and _xmpp-server._tcp.c.test. are \
+                 empty, and so is A/AAAA c.test.; add --route c.test=HOST:PORT"
             ),
             other => panic!("c.test: {other:?}"),
         }
@@ -1470,5 +2109,180 @@ mod tests {
             matches!(got, Err(RouteError::RoutingLoop { .. })),
             "loop.test: {got:?}"
         );
+    }
+
+    /// `(address, direct_tls, how chosen)` of each candidate, for compact expectations.
+    fn summary(candidates: &[Candidate]) -> Vec<(SocketAddr, bool, &'static str)> {
+        candidates
+            .iter()
+            .map(|c| {
+                let how = match &c.source {
+                    RouteSource::Srv { service, .. } => *service,
+                    RouteSource::Static => "static",
+                    RouteSource::Upstream => "upstream",
+                    RouteSource::Fallback => "fallback",
+                };
+                (c.addr, c.direct_tls, how)
+            })
+            .collect()
+    }
+
+    fn expect(list: &[(&str, bool, &'static str)]) -> Vec<(SocketAddr, bool, &'static str)> {
+        list.iter().map(|(a, d, s)| (sa(a), *d, *s)).collect()
+    }
+
+    #[tokio::test]
+    async fn direct_tls_and_starttls_srv_records_are_ordered_together() {
+        let r = dns_router(vec![]).await;
+        let tls = ("192.0.2.50:5270", true, "_xmpps-server");
+        let plain = ("192.0.2.51:5269", false, "_xmpp-server");
+        type Row = (&'static str, bool, &'static str);
+        let cases: &[(&str, &[Row])] = &[
+            // _xmpps- priority 0 beats _xmpp- priority 5, and the other way round.
+            ("x.test", &[tls, plain]),
+            ("y.test", &[plain, tls]),
+            // Equal priority and weight 0: the Direct TLS record, merged first, is tried first.
+            ("tie.test", &[tls, plain]),
+            // A "." takes its service out.
+            ("nodirect.test", &[plain]),
+            ("onlydirect.test", &[tls]),
+            // No SRV records for STARTTLS and "no Direct TLS": A/AAAA on 5269, plaintext.
+            ("dotfb.test", &[("192.0.2.60:5269", false, "fallback")]),
+            // NXDOMAIN for both services: A/AAAA on 5269, plaintext.
+            ("a.test", &[("192.0.2.30:5269", false, "fallback")]),
+            // One query fails, the other has records: those are used.
+            ("fail1.test", &[plain]),
+            ("fail2.test", &[tls]),
+        ];
+        for (domain, expected) in cases {
+            let got = r
+                .candidates(domain)
+                .await
+                .unwrap_or_else(|e| panic!("{domain}: {e}"));
+            assert_eq!(summary(&got), expect(expected), "{domain}");
+        }
+    }
+
+    #[tokio::test]
+    async fn equal_priorities_are_weighted_across_services() {
+        let r = dns_router(vec![]).await;
+        let runs = 300;
+        let mut direct_first = 0;
+        for _ in 0..runs {
+            let got = r
+                .candidates("w.test")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert_ne!(got[0].direct_tls, got[1].direct_tls, "{got:?}");
+            if got[0].direct_tls {
+                direct_first += 1;
+            }
+        }
+        let share = f64::from(direct_first) / f64::from(runs);
+        // Direct TLS weighs 90 against 10: first in 91/101 of runs (RFC 2782's range is inclusive); 300 runs
+        // give a standard deviation of about 1.7%.
+        assert!(
+            (0.80..=0.97).contains(&share),
+            "Direct TLS first in {share:.3} of runs"
+        );
+    }
+
+    #[tokio::test]
+    async fn srv_answers_that_are_errors() {
+        let r = dns_router(vec![]).await;
+        match r.candidates("none.test").await {
+            Err(e @ RouteError::NoService { .. }) => assert_eq!(
+                e.to_string(),
+                "none.test says it offers no XMPP service: SRV _xmpp-server._tcp.none.test. has \
+                 target \".\"; add --route none.test=HOST:PORT to send it somewhere anyway"
+            ),
+            other => panic!("none.test: {other:?}"),
+        }
+        match r.candidates("failboth.test").await {
+            Err(e @ RouteError::Dns { .. }) => assert!(
+                e.to_string()
+                    .starts_with("DNS query SRV _xmpp-server._tcp.failboth.test. failed"),
+                "{e}"
+            ),
+            other => {
+                panic!("failboth.test must not fall back when both SRV queries fail: {other:?}")
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn client_router_asks_the_client_services() {
+        let server = fake_dns::start().await;
+        let r = router(RouterConfig {
+            resolver: Some(server),
+            srv_service: Service::Client,
+            ..RouterConfig::default()
+        });
+        assert_eq!(r.service(), Service::Client);
+        let got = r
+            .candidates("x.test")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            summary(&got),
+            expect(&[
+                ("192.0.2.50:5223", true, "_xmpps-client"),
+                ("192.0.2.51:5222", false, "_xmpp-client")
+            ])
+        );
+        let got = r
+            .candidates("a.test")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            summary(&got),
+            expect(&[("192.0.2.30:5222", false, "fallback")])
+        );
+        let got = r
+            .candidates("192.0.2.4")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            summary(&got),
+            expect(&[("192.0.2.4:5222", false, "fallback")])
+        );
+        match r.candidates("c.test").await {
+            Err(e @ RouteError::NoRoute { .. }) => assert_eq!(
+                e.to_string(),
+                "no route to c.test: SRV _xmpps-client._tcp.c.test. and _xmpp-client._tcp.c.test. are \
+                 empty, and so is A/AAAA c.test.; add --c2s-route c.test=HOST:PORT"
+            ),
+            other => panic!("c.test: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_routes_give_direct_tls_candidates() {
+        let target = |text: &str| {
+            text.parse::<RouteTarget>()
+                .unwrap_or_else(|e| panic!("{text}: {e}"))
+        };
+        let r = router(RouterConfig {
+            routes: vec![
+                ("d.test".into(), target("tls://192.0.2.1:5270")),
+                ("p.test".into(), target("192.0.2.2:5269")),
+            ],
+            upstream: Some(target("TLS://[2001:db8::9]:5223")),
+            resolver: Some(sa(UNUSED_RESOLVER)),
+            ..RouterConfig::default()
+        });
+        let cases: &[(&str, (&str, bool, &str))] = &[
+            ("d.test", ("192.0.2.1:5270", true, "static")),
+            ("p.test", ("192.0.2.2:5269", false, "static")),
+            ("other.test", ("[2001:db8::9]:5223", true, "upstream")),
+        ];
+        for (domain, expected) in cases {
+            let got = r
+                .candidates(domain)
+                .await
+                .unwrap_or_else(|e| panic!("{domain}: {e}"));
+            assert_eq!(summary(&got), expect(&[*expected]), "{domain}");
+        }
     }
 }

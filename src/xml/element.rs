@@ -630,7 +630,7 @@ pub fn reply_header(initiator: &StreamHeader, id: &str) -> Vec<u8> {
 }
 
 /// A namespace-aware reader over `bytes`, with the stream header's bindings in scope.
-fn ns_reader<'a>(
+pub(super) fn ns_reader<'a>(
     bytes: &'a [u8],
     stream: Option<&StreamHeader>,
 ) -> Result<NsReader<&'a [u8]>, ElementError> {
@@ -700,6 +700,42 @@ fn bound<'n>(ns: &'n ResolveResult<'_>) -> Option<&'n str> {
     }
 }
 
+/// Every attribute of a start tag (`tag` = the frame's head bytes), names as written, values unescaped. For
+/// the attributes [`ElementHead`] does not keep (`h`, `previd`, `mechanism`, ...).
+pub fn attributes(tag: &[u8]) -> Result<Vec<(String, String)>, ElementError> {
+    let mut reader = quick_xml::Reader::from_reader(tag);
+    let start = match reader.read_event()? {
+        quick_xml::events::Event::Start(start) | quick_xml::events::Event::Empty(start) => start,
+        _ => return Err(ElementError::NoElement),
+    };
+    let mut out = Vec::new();
+    for attribute in start.attributes() {
+        let attribute = attribute?;
+        let name = attribute.key.as_ref().to_owned();
+        out.push((name, value(&attribute)?));
+    }
+    Ok(out)
+}
+
+/// The local name of the first child element of `frame` (e.g. the condition inside a SASL `<failure>`).
+pub fn first_child(frame: &[u8]) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_reader(frame);
+    let mut depth = 0;
+    loop {
+        match reader.read_event().ok()? {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)
+                if depth == 1 =>
+            {
+                return Some(e.local_name().as_ref().to_owned());
+            }
+            quick_xml::events::Event::Start(_) => depth += 1,
+            quick_xml::events::Event::End(_) => depth -= 1,
+            quick_xml::events::Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
 /// An attribute's value, unescaped and normalized (XML 1.0 3.3.3).
 fn value(attribute: &Attribute<'_>) -> Result<String, ElementError> {
     Ok(attribute
@@ -708,7 +744,10 @@ fn value(attribute: &Attribute<'_>) -> Result<String, ElementError> {
 }
 
 /// Appends the character a reference in text stands for.
-fn push_reference(buf: &mut String, reference: &BytesRef<'_>) -> Result<(), ElementError> {
+pub(super) fn push_reference(
+    buf: &mut String,
+    reference: &BytesRef<'_>,
+) -> Result<(), ElementError> {
     if let Some(c) = reference.resolve_char_ref()? {
         buf.push(c);
     } else if let Some(s) = resolve_predefined_entity(reference) {

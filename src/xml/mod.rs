@@ -4,3 +4,4 @@
 
 pub mod element;
 pub mod framer;
+pub mod rewrite;

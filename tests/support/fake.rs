@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::danger::ClientCertVerifier;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
@@ -195,6 +196,9 @@ pub struct Receiver {
     acceptor: TlsAcceptor,
     /// A file holding the certificate (PEM), for the proxy's `--upstream-ca`; removed on drop.
     cert_path: PathBuf,
+    /// The certificate and its key, for acceptors with other settings ([`Receiver::acceptor_with`]).
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
 }
 
 impl Receiver {
@@ -212,7 +216,7 @@ impl Receiver {
             .with_safe_default_protocol_versions()
             .unwrap_or_else(|e| panic!("fake receiver: TLS versions: {e}"))
             .with_no_client_auth()
-            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .with_single_cert(vec![certified.cert.der().clone()], key.clone_key())
             .unwrap_or_else(|e| panic!("fake receiver: TLS config: {e}"));
         let port = listener.local_addr().map_or(0, |a| a.port());
         let cert_path = std::env::temp_dir().join(format!(
@@ -225,7 +229,44 @@ impl Receiver {
             listener,
             acceptor: TlsAcceptor::from(Arc::new(config)),
             cert_path,
+            cert: certified.cert.der().clone(),
+            key,
         }
+    }
+
+    /// An acceptor with the receiver's certificate that answers the ALPN protocols `alpn` (so that the one the
+    /// proxy offered shows as negotiated) and, with `client_auth`, asks the proxy for a client certificate.
+    pub fn acceptor_with(
+        &self,
+        alpn: &[&[u8]],
+        client_auth: Option<Arc<dyn ClientCertVerifier>>,
+    ) -> TlsAcceptor {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("fake receiver: TLS versions: {e}"));
+        let builder = match client_auth {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(vec![self.cert.clone()], self.key.clone_key())
+            .unwrap_or_else(|e| panic!("fake receiver: TLS config: {e}"));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsAcceptor::from(Arc::new(config))
+    }
+
+    /// [`Receiver::tls_accept`] with an acceptor from [`Receiver::acceptor_with`].
+    pub async fn tls_accept_with(
+        &self,
+        peer: Peer<TcpStream>,
+        acceptor: &TlsAcceptor,
+    ) -> Peer<server::TlsStream<TcpStream>> {
+        let name = peer.name;
+        let tls = tokio::time::timeout(WAIT, acceptor.accept(peer.into_io()))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: TLS handshake timed out"))
+            .unwrap_or_else(|e| panic!("{name}: TLS handshake failed: {e}"));
+        Peer::new(name, tls)
     }
 
     /// The receiver's certificate (PEM file): the proxy trusts it with `--upstream-ca`.
@@ -273,23 +314,26 @@ pub async fn tls_connect(
     ca_pem: &Path,
     domain: &str,
 ) -> Peer<client::TlsStream<TcpStream>> {
+    tls_connect_with(peer, ca_pem, domain, &[b"xmpp-server"], true).await
+}
+
+/// [`tls_connect`] offering the ALPN protocols `alpn`, and sending `domain` as SNI only if `sni` (the
+/// certificate is checked against `domain` either way).
+pub async fn tls_connect_with<S: AsyncRead + AsyncWrite + Unpin>(
+    peer: Peer<S>,
+    ca_pem: &Path,
+    domain: &str,
+    alpn: &[&[u8]],
+    sni: bool,
+) -> Peer<client::TlsStream<S>> {
     let name = peer.name;
-    let pem =
-        std::fs::read(ca_pem).unwrap_or_else(|e| panic!("{name}: read {}: {e}", ca_pem.display()));
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert: CertificateDer<'static> =
-            cert.unwrap_or_else(|e| panic!("{name}: {}: {e}", ca_pem.display()));
-        roots
-            .add(cert)
-            .unwrap_or_else(|e| panic!("{name}: trust {}: {e}", ca_pem.display()));
-    }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|e| panic!("{name}: TLS versions: {e}"))
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca_pem))
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"xmpp-server".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config.enable_sni = sni;
     let server_name = ServerName::try_from(domain.to_owned())
         .unwrap_or_else(|e| panic!("{name}: {domain:?} as a TLS name: {e}"));
     let connect = TlsConnector::from(Arc::new(config)).connect(server_name, peer.into_io());
@@ -300,6 +344,21 @@ pub async fn tls_connect(
     Peer::new(name, tls)
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The certificates of a PEM file as a trust store (e.g. xmpptap's CA, `<dir>/ca/ca.pem`).
+pub fn roots(ca_pem: &Path) -> rustls::RootCertStore {
+    let pem = std::fs::read(ca_pem).unwrap_or_else(|e| panic!("read {}: {e}", ca_pem.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert: CertificateDer<'static> =
+            cert.unwrap_or_else(|e| panic!("{}: {e}", ca_pem.display()));
+        roots
+            .add(cert)
+            .unwrap_or_else(|e| panic!("trust {}: {e}", ca_pem.display()));
+    }
+    roots
+}
+
+/// The crypto provider the fakes use (ring, as xmpptap).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

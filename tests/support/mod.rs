@@ -19,6 +19,10 @@
 //! - 10: `prosody_direct.rs`
 //! - 20: `federation.rs`
 //! - 30: `proxy_edge_cases.rs`
+//! - 40: `captures.rs`
+//! - 50: `keylog.rs`
+//! - 60: `c2s.rs`
+//! - 70: `interception.rs`
 //! - 90: `examples/federation_demo.rs`
 //!
 //! `<test>` numbers the tests inside a file (from 1). `<host>` by convention: 2 and 3 the first
@@ -35,6 +39,7 @@ pub mod client;
 pub mod dns;
 pub mod fake;
 pub mod prosody;
+pub mod pyclient;
 pub mod xmpptap;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -44,6 +44,8 @@ pub struct ProsodyConfig {
     pub s2s_tls: bool,
     /// Also listen for Direct TLS S2S (`s2s_direct_tls_ports`) on an ephemeral port.
     pub s2s_direct_tls: bool,
+    /// Also listen for Direct TLS C2S (XEP-0368, `c2s_direct_tls_ports`) on an ephemeral port.
+    pub c2s_direct_tls: bool,
     /// Certificate and key (PEM) for the domain; `None` generates a self-signed one.
     pub certificate: Option<(String, String)>,
     /// Lua lines appended to the global section, for settings a test needs beyond these.
@@ -60,6 +62,7 @@ impl ProsodyConfig {
             dns_forward: dns_forward.to_owned(),
             s2s_tls: true,
             s2s_direct_tls: false,
+            c2s_direct_tls: false,
             certificate: None,
             extra_global_config: String::new(),
         }
@@ -76,6 +79,7 @@ pub struct Prosody {
     c2s_port: u16,
     s2s_port: u16,
     s2s_direct_tls_port: Option<u16>,
+    c2s_direct_tls_port: Option<u16>,
     child: Mutex<Child>,
 }
 
@@ -86,8 +90,10 @@ impl Prosody {
     pub fn start(config: ProsodyConfig) -> Prosody {
         let dir = unique_dir(&config.domain);
         let ip = config.addr;
-        let [c2s_port, s2s_port, direct_tls_port] = super::free_ports::<3>(ip.into());
+        let [c2s_port, s2s_port, direct_tls_port, c2s_direct_tls_port] =
+            super::free_ports::<4>(ip.into());
         let s2s_direct_tls_port = config.s2s_direct_tls.then_some(direct_tls_port);
+        let c2s_direct_tls_port = config.c2s_direct_tls.then_some(c2s_direct_tls_port);
 
         let (cert_pem, key_pem) = match &config.certificate {
             Some(pair) => pair.clone(),
@@ -112,6 +118,7 @@ impl Prosody {
             c2s_port,
             s2s_port,
             s2s_direct_tls_port,
+            c2s_direct_tls_port,
         });
         write(&config_path, &text);
 
@@ -139,15 +146,19 @@ impl Prosody {
             c2s_port,
             s2s_port,
             s2s_direct_tls_port,
+            c2s_direct_tls_port,
             child: Mutex::new(child),
         }
     }
 
-    /// Waits until both the C2S and S2S ports accept TCP. Panics after 10 s, or as soon as the
-    /// process exits, with the tail of its log.
+    /// Waits until the C2S and S2S ports (and the Direct TLS C2S port, when there is one)
+    /// accept TCP. Panics after 10 s, or as soon as the process exits, with the tail of its log.
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        for addr in [self.c2s_addr(), self.s2s_addr()] {
+        let addrs = [self.c2s_addr(), self.s2s_addr()]
+            .into_iter()
+            .chain(self.c2s_direct_tls_addr());
+        for addr in addrs {
             loop {
                 if let Some(status) = self.exited() {
                     panic!(
@@ -231,6 +242,12 @@ impl Prosody {
         self.s2s_direct_tls_port
     }
 
+    /// Where clients connect with Direct TLS, when `c2s_direct_tls` was asked for.
+    pub fn c2s_direct_tls_addr(&self) -> Option<SocketAddr> {
+        self.c2s_direct_tls_port
+            .map(|port| SocketAddr::from((self.config.addr, port)))
+    }
+
     /// The instance's directory (config, log, data, certs).
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -299,12 +316,17 @@ struct RenderArgs<'a> {
     c2s_port: u16,
     s2s_port: u16,
     s2s_direct_tls_port: Option<u16>,
+    c2s_direct_tls_port: Option<u16>,
 }
 
 fn render_config(args: &RenderArgs<'_>) -> String {
     let c = args.config;
     let direct_tls = args
         .s2s_direct_tls_port
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let c2s_direct_tls = args
+        .c2s_direct_tls_port
         .map(|p| p.to_string())
         .unwrap_or_default();
     format!(
@@ -317,7 +339,7 @@ log = {{ debug = {log} }}
 interfaces = {{ {ip} }}
 c2s_ports = {{ {c2s} }}
 s2s_ports = {{ {s2s} }}
-c2s_direct_tls_ports = {{ }}
+c2s_direct_tls_ports = {{ {c2s_direct_tls} }}
 s2s_direct_tls_ports = {{ {direct_tls} }}
 use_ipv6 = false
 network_settings = {{ nagle = false }}

@@ -16,8 +16,9 @@ use tokio::process::{Child, Command};
 pub struct Xmpptap {
     child: Child,
     dir: PathBuf,
-    /// The S2S listening addresses, as xmpptap reported them.
-    pub listening: Vec<SocketAddr>,
+    /// The listening addresses with their kind (`s2s`, `c2s`, `s2s-tls`, `c2s-tls`), as xmpptap reported
+    /// them.
+    pub listening: Vec<(SocketAddr, String)>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -50,10 +51,15 @@ impl Xmpptap {
         tokio::spawn(async move {
             let mut reader = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = reader.next_line().await {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    if let Some(addr) = addr.split_whitespace().next().and_then(|a| a.parse().ok())
-                    {
-                        let _ = tx.send(addr);
+                // "listening on 127.0.0.1:5269 (s2s)"
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let mut words = rest.split_whitespace();
+                    let addr = words.next().and_then(|a| a.parse::<SocketAddr>().ok());
+                    let kind = words
+                        .next()
+                        .map(|k| k.trim_matches(|c| c == '(' || c == ')'));
+                    if let (Some(addr), Some(kind)) = (addr, kind) {
+                        let _ = tx.send((addr, kind.to_owned()));
                     }
                 }
                 kept.lock().expect("stderr lock").push(line);
@@ -66,15 +72,35 @@ impl Xmpptap {
             stderr: lines,
         };
         match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await {
-            Ok(Some(addr)) => tap.listening.push(addr),
+            Ok(Some(listener)) => tap.listening.push(listener),
             _ => panic!("xmpptap did not start listening:\n{}", tap.stderr_text()),
+        }
+        // The other listeners are announced right after the first.
+        while let Ok(Some(listener)) =
+            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await
+        {
+            tap.listening.push(listener);
         }
         tap
     }
 
     /// The first listening address.
     pub fn addr(&self) -> SocketAddr {
-        self.listening[0]
+        self.listening[0].0
+    }
+
+    /// The address of the listener of `kind` (`s2s`, `c2s`, `s2s-tls`, `c2s-tls`).
+    pub fn listener(&self, kind: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|(_, k)| k == kind)
+            .map(|(addr, _)| *addr)
+            .unwrap_or_else(|| panic!("no {kind} listener in {:?}", self.listening))
+    }
+
+    /// xmpptap's CA certificate (PEM file), for clients that must trust it.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca").join("ca.pem")
     }
 
     /// Where this instance's files live.
