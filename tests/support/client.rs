@@ -143,15 +143,53 @@ impl Client {
     }
 
     /// Sends a chat message.
-    pub async fn send_message(&mut self, to: &str, body: &str) {
+    /// Sends a chat message and returns its id.
+    pub async fn send_message(&mut self, to: &str, body: &str) -> String {
         self.next_id += 1;
+        let id = format!("m{}", self.next_id);
         let stanza = format!(
-            "<message type='chat' to='{}' id='m{}'><body>{}</body></message>",
+            "<message type='chat' to='{}' id='{id}'><body>{}</body></message>",
             escape(to),
-            self.next_id,
             escape(body)
         );
         self.send_raw(&stanza).await;
+        id
+    }
+
+    /// The next message with a body, or a bounce (`type='error'`), or `None` when `timeout` passes first.
+    pub async fn next_delivery(&mut self, timeout: Duration) -> Option<Delivery> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let element = match self.try_next_frame(deadline).await {
+                Ok(Some(Frame::Element(element))) => element,
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!(
+                    "{}: connection closed while waiting for a delivery",
+                    self.jid
+                ),
+                Err(()) => return None,
+            };
+            if element.local_name() != "message" {
+                continue;
+            }
+            if element.attr("type") == Some("error") {
+                let condition = element
+                    .child("error")
+                    .and_then(|e| e.children.first())
+                    .map(|c| c.local_name().to_owned())
+                    .unwrap_or_default();
+                return Some(Delivery::Bounce {
+                    id: element.attr("id").unwrap_or_default().to_owned(),
+                    condition,
+                });
+            }
+            if let Some(body) = element.child("body") {
+                return Some(Delivery::Message {
+                    from: element.attr("from").unwrap_or_default().to_owned(),
+                    body: body.text.clone(),
+                });
+            }
+        }
     }
 
     /// Reads stanzas until a `<message>` with a `<body>` arrives and returns `(from, body)`.
@@ -266,6 +304,15 @@ impl Client {
 /// Splits the first frame off `buf`: `Some((frame, bytes used))`, or `None` when `buf` holds no
 /// complete frame yet. Malformed input also gives `None`; the caller's timeout reports it with
 /// the unparsed bytes.
+/// What [`Client::next_delivery`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A message with a body.
+    Message { from: String, body: String },
+    /// One of our messages came back as an error.
+    Bounce { id: String, condition: String },
+}
+
 pub fn next_frame(buf: &[u8]) -> Option<(Frame, usize)> {
     let mut reader = quick_xml::Reader::from_reader(buf);
     let config = reader.config_mut();

@@ -24,6 +24,7 @@
 //! - 60: `c2s.rs`
 //! - 70: `interception.rs`
 //! - 90: `examples/federation_demo.rs`
+//! - 120: `soak.rs`
 //!
 //! `<test>` numbers the tests inside a file (from 1). `<host>` by convention: 2 and 3 the first
 //! and second XMPP server, 10 the proxy, 53 the DNS server.
