@@ -20,9 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::client::Client;
-use support::dns::DnsServer;
-use support::prosody::{Prosody, ProsodyConfig};
-use support::xmpptap::Xmpptap;
+use support::federation::{Federation, Options};
 
 const FILE_ID: u8 = 40;
 
@@ -178,68 +176,14 @@ fn assert_xmpp_decoded(what: &str, file: &Path, ports: &[u16], extra_filter: &st
     );
 }
 
-struct Setup {
-    // Field order is drop order: the servers stop before the proxy and DNS.
-    a: Prosody,
-    b: Prosody,
-    tap: Xmpptap,
-    _dns: DnsServer,
-}
-
-impl Setup {
-    /// Every server port of the federation: xmpptap's listener and both Prosody S2S ports.
-    fn ports(&self) -> Vec<u16> {
-        vec![
-            self.tap.addr().port(),
-            self.a.s2s_addr().port(),
-            self.b.s2s_addr().port(),
-        ]
-    }
-}
+type Setup = Federation;
 
 async fn setup(test_id: u8, capture_args: Vec<String>) -> Setup {
-    let dns = DnsServer::start(support::addr(FILE_ID, test_id, 53).into()).await;
-    let forward = dns.unbound_forward();
-    let a = Prosody::start(ProsodyConfig::new(
-        "a.test",
-        support::addr(FILE_ID, test_id, 2),
-        &forward,
-    ));
-    let b = Prosody::start(ProsodyConfig::new(
-        "b.test",
-        support::addr(FILE_ID, test_id, 3),
-        &forward,
-    ));
-    let proxy_ip = support::addr(FILE_ID, test_id, 10);
-    let mut args = vec![
-        format!("--s2s-listen={proxy_ip}:0"),
-        format!("--route=a.test={}", a.s2s_addr()),
-        format!("--route=b.test={}", b.s2s_addr()),
-        // Prosody's certificates are self-signed.
-        String::from("--dangerous-accept-any-upstream-cert"),
-    ];
-    args.extend(capture_args);
-    let tap = Xmpptap::start(&args).await;
-    for domain in ["a.test", "b.test"] {
-        dns.add_srv(
-            &format!("_xmpp-server._tcp.{domain}"),
-            0,
-            0,
-            tap.addr().port(),
-            "proxy-host.test",
-        );
-    }
-    dns.add_a("proxy-host.test", proxy_ip);
-    a.register("alice", "alice-pw").await;
-    b.register("bob", "bob-pw").await;
-    a.wait_ready().await;
-    b.wait_ready().await;
-    Setup {
-        a,
-        b,
-        tap,
-        _dns: dns,
-    }
+    let options = Options {
+        xmpptap_args: capture_args,
+        ..Options::default()
+    };
+    Federation::start(FILE_ID, test_id, options).await
 }
 
 /// alice@a.test and bob@b.test exchange a message each way through xmpptap; returns once both arrived and the
@@ -300,7 +244,7 @@ async fn decrypted_pcap_and_tls_pcapng_of_a_starttls_federation_decode_in_tshark
     )
     .await;
     converse(&s).await;
-    let ports = s.ports();
+    let ports = s.server_ports();
 
     // While xmpptap still runs (connections open, no FIN yet), both files are already complete up to the
     // message: they are flushed after every batch of events, so a killed xmpptap leaves them readable.
@@ -320,7 +264,13 @@ async fn decrypted_pcap_and_tls_pcapng_of_a_starttls_federation_decode_in_tshark
 
     // Closing the connections writes the FINs.
     let transcript = s.tap.transcript();
-    let Setup { a, b, tap, _dns } = s;
+    let Setup {
+        a,
+        b,
+        tap,
+        dns: _dns,
+        ..
+    } = s;
     drop((a, b));
     let _ = tap.stop().await;
 
@@ -363,37 +313,12 @@ async fn plaintext_federation_pcap_decodes_in_tshark() {
     }
     let scratch = Scratch::new("plaintext");
     let pcap = scratch.path("plain.pcap");
-    let dns = DnsServer::start(support::addr(FILE_ID, 2, 53).into()).await;
-    let forward = dns.unbound_forward();
-    let mut a_config = ProsodyConfig::new("a.test", support::addr(FILE_ID, 2, 2), &forward);
-    a_config.s2s_tls = false;
-    let mut b_config = ProsodyConfig::new("b.test", support::addr(FILE_ID, 2, 3), &forward);
-    b_config.s2s_tls = false;
-    let a = Prosody::start(a_config);
-    let b = Prosody::start(b_config);
-    let proxy_ip = support::addr(FILE_ID, 2, 10);
-    let tap = Xmpptap::start(&[
-        format!("--s2s-listen={proxy_ip}:0"),
-        format!("--route=a.test={}", a.s2s_addr()),
-        format!("--route=b.test={}", b.s2s_addr()),
-        format!("--pcap={}", pcap.display()),
-    ])
-    .await;
-    for domain in ["a.test", "b.test"] {
-        dns.add_srv(
-            &format!("_xmpp-server._tcp.{domain}"),
-            0,
-            0,
-            tap.addr().port(),
-            "proxy-host.test",
-        );
-    }
-    dns.add_a("proxy-host.test", proxy_ip);
-    a.register("alice", "alice-pw").await;
-    b.register("bob", "bob-pw").await;
-    a.wait_ready().await;
-    b.wait_ready().await;
-
+    let options = Options {
+        s2s_tls: false,
+        xmpptap_args: vec![format!("--pcap={}", pcap.display())],
+        ..Options::default()
+    };
+    let Federation { a, b, tap, dns, .. } = Federation::start(FILE_ID, 2, options).await;
     let mut bob = Client::login(b.c2s_addr(), "b.test", "bob", "bob-pw").await;
     let mut alice = Client::login(a.c2s_addr(), "a.test", "alice", "alice-pw").await;
     alice.send_message("bob@b.test", HELLO).await;

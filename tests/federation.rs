@@ -12,67 +12,25 @@ mod support;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::client::Client;
-use support::dns::DnsServer;
-use support::prosody::{Prosody, ProsodyConfig};
-use support::xmpptap::Xmpptap;
+use support::federation::{Federation, Options};
 
 const FILE_ID: u8 = 20;
 
-struct Setup {
-    // Field order is drop order: the servers stop before the proxy and DNS.
-    a: Prosody,
-    b: Prosody,
-    tap: Xmpptap,
-    _dns: DnsServer,
-}
+type Setup = Federation;
 
 async fn setup(test_id: u8, s2s_tls: bool) -> Setup {
     let started = Instant::now();
-    let dns = DnsServer::start(support::addr(FILE_ID, test_id, 53).into()).await;
-    let forward = dns.unbound_forward();
-    let mut a_config = ProsodyConfig::new("a.test", support::addr(FILE_ID, test_id, 2), &forward);
-    a_config.s2s_tls = s2s_tls;
-    let mut b_config = ProsodyConfig::new("b.test", support::addr(FILE_ID, test_id, 3), &forward);
-    b_config.s2s_tls = s2s_tls;
-    let a = Prosody::start(a_config);
-    let b = Prosody::start(b_config);
-
-    let proxy_ip = support::addr(FILE_ID, test_id, 10);
-    let tap = Xmpptap::start(&[
-        format!("--s2s-listen={proxy_ip}:0"),
-        format!("--route=a.test={}", a.s2s_addr()),
-        format!("--route=b.test={}", b.s2s_addr()),
-        // Prosody's certificates are self-signed.
-        String::from("--dangerous-accept-any-upstream-cert"),
-    ])
-    .await;
-
-    for domain in ["a.test", "b.test"] {
-        dns.add_srv(
-            &format!("_xmpp-server._tcp.{domain}"),
-            0,
-            0,
-            tap.addr().port(),
-            "proxy-host.test",
-        );
-    }
-    dns.add_a("proxy-host.test", proxy_ip);
-
-    a.register("alice", "alice-pw").await;
-    b.register("bob", "bob-pw").await;
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let options = Options {
+        s2s_tls,
+        ..Options::default()
+    };
+    let f = Federation::start(FILE_ID, test_id, options).await;
     eprintln!(
         "setup ready in {:?}, xmpptap on {}",
         started.elapsed(),
-        tap.addr()
+        f.tap.addr()
     );
-    Setup {
-        a,
-        b,
-        tap,
-        _dns: dns,
-    }
+    f
 }
 
 /// alice@a.test and bob@b.test exchange messages both ways through xmpptap.
@@ -248,49 +206,11 @@ async fn prosody_federates_through_xmpptap_in_plaintext() {
 /// Direct TLS listener, and xmpptap reaches the other Prosody's Direct TLS port (`tls://` route).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_federates_through_xmpptap_over_direct_tls() {
-    let test_id = 3;
-    let dns = DnsServer::start(support::addr(FILE_ID, test_id, 53).into()).await;
-    let forward = dns.unbound_forward();
-    let mut a_config = ProsodyConfig::new("a.test", support::addr(FILE_ID, test_id, 2), &forward);
-    a_config.s2s_direct_tls = true;
-    let mut b_config = ProsodyConfig::new("b.test", support::addr(FILE_ID, test_id, 3), &forward);
-    b_config.s2s_direct_tls = true;
-    let a = Prosody::start(a_config);
-    let b = Prosody::start(b_config);
-    let direct = |p: &Prosody| {
-        let port = p
-            .s2s_direct_tls_port()
-            .unwrap_or_else(|| panic!("{} has no Direct TLS port", p.domain()));
-        format!("tls://{}:{port}", p.ip())
+    let options = Options {
+        direct_tls: true,
+        ..Options::default()
     };
-    let proxy_ip = support::addr(FILE_ID, test_id, 10);
-    let tap = Xmpptap::start(&[
-        format!("--s2s-tls-listen={proxy_ip}:0"),
-        format!("--route=a.test={}", direct(&a)),
-        format!("--route=b.test={}", direct(&b)),
-        String::from("--dangerous-accept-any-upstream-cert"),
-    ])
-    .await;
-    for domain in ["a.test", "b.test"] {
-        dns.add_srv(
-            &format!("_xmpps-server._tcp.{domain}"),
-            0,
-            0,
-            tap.listener("s2s-tls").port(),
-            "proxy-host.test",
-        );
-    }
-    dns.add_a("proxy-host.test", proxy_ip);
-    a.register("alice", "alice-pw").await;
-    b.register("bob", "bob-pw").await;
-    a.wait_ready().await;
-    b.wait_ready().await;
-    let s = Setup {
-        a,
-        b,
-        tap,
-        _dns: dns,
-    };
+    let s = Federation::start(FILE_ID, 3, options).await;
     converse(&s).await;
 
     let message = s

@@ -17,9 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::client::Client;
-use support::dns::DnsServer;
-use support::prosody::{Prosody, ProsodyConfig};
-use support::xmpptap::Xmpptap;
+use support::federation::{Federation, Options};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const FILE_ID: u8 = 50;
@@ -172,46 +170,22 @@ async fn a_raw_capture_of_starttls_federation_is_decrypted_with_the_key_log() {
         return;
     };
     let test_id = 1;
-    let dns = DnsServer::start(support::addr(FILE_ID, test_id, 53).into()).await;
-    let forward = dns.unbound_forward();
-    let a = Prosody::start(ProsodyConfig::new(
-        "a.test",
-        support::addr(FILE_ID, test_id, 2),
-        &forward,
-    ));
-    let b = Prosody::start(ProsodyConfig::new(
-        "b.test",
-        support::addr(FILE_ID, test_id, 3),
-        &forward,
-    ));
-    let proxy_ip = support::addr(FILE_ID, test_id, 10);
     let work = std::env::temp_dir().join(format!("xmpptap-keylog-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work dir");
     let keylog = work.join("keys.log");
     let pcap = work.join("raw.pcapng");
-    let tap = Xmpptap::start(&[
-        format!("--s2s-listen={proxy_ip}:0"),
-        format!("--route=a.test={}", a.s2s_addr()),
-        format!("--route=b.test={}", b.s2s_addr()),
-        String::from("--dangerous-accept-any-upstream-cert"),
-        format!("--keylog={}", keylog.display()),
-    ])
-    .await;
-    for domain in ["a.test", "b.test"] {
-        dns.add_srv(
-            &format!("_xmpp-server._tcp.{domain}"),
-            0,
-            0,
-            tap.addr().port(),
-            "proxy-host.test",
-        );
-    }
-    dns.add_a("proxy-host.test", proxy_ip);
-    a.register("alice", "alice-pw").await;
-    b.register("bob", "bob-pw").await;
-    a.wait_ready().await;
-    b.wait_ready().await;
+    let options = Options {
+        xmpptap_args: vec![format!("--keylog={}", keylog.display())],
+        ..Options::default()
+    };
+    let Federation {
+        a,
+        b,
+        tap,
+        dns: _dns,
+        proxy_ip,
+    } = Federation::start(FILE_ID, test_id, options).await;
 
     // The S2S connections only: the servers talk to xmpptap (initiator legs), xmpptap to their S2S ports
     // (receiver legs, from 127.0.0.1). The clients' plaintext C2S streams stay out of the capture.

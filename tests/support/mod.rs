@@ -8,6 +8,7 @@
 //!   pointed at `dns`, and registers accounts.
 //! - `client`: a minimal C2S client (SASL PLAIN, bind, presence, messages).
 //! - `xmpptap`: runs the real `xmpptap` binary and reads its transcript.
+//! - `federation`: a.test and b.test, two real Prosody servers federating through xmpptap.
 //! - `fake`: fake XMPP peers speaking literal bytes (plain and TLS), for the proxy's edge cases.
 //!
 //! # Addresses
@@ -24,6 +25,7 @@
 //! - 60: `c2s.rs`
 //! - 70: `interception.rs`
 //! - 90: `examples/federation_demo.rs`
+//! - 100: `hostile.rs`
 //! - 120: `soak.rs`
 //!
 //! `<test>` numbers the tests inside a file (from 1). `<host>` by convention: 2 and 3 the first
@@ -39,6 +41,7 @@
 pub mod client;
 pub mod dns;
 pub mod fake;
+pub mod federation;
 pub mod prosody;
 pub mod pyclient;
 pub mod xmpptap;
