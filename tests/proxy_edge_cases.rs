@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use support::fake::{self, Peer, Receiver};
-use support::xmpptap::Xmpptap;
+use support::xmpptap::{finished, named, one, wait_transcript, Xmpptap};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -87,47 +87,6 @@ async fn open_plain(tap: &Xmpptap, receiver: &Receiver) -> (Tcp, Tcp) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Transcript helpers
-
-/// Waits for the `closed` event of connection `conn` and returns the whole transcript of that connection.
-async fn finished(tap: &Xmpptap, conn: u64) -> Vec<Value> {
-    tap.wait_event(&format!("closed for conn {conn}"), |e| {
-        e["event"] == "closed" && e["conn"] == conn
-    })
-    .await;
-    tap.transcript()
-        .into_iter()
-        .filter(|e| e["conn"] == conn)
-        .collect()
-}
-
-/// Waits until the whole transcript satisfies `pred`, and returns it.
-async fn wait_transcript(tap: &Xmpptap, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + fake::WAIT;
-    loop {
-        let events = tap.transcript();
-        if pred(&events) {
-            return events;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "transcript never showed {what}: {events:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The events named `name`.
-fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
-
-/// The one event named `name` that satisfies `pred`; panics with the transcript if there is none.
-fn one<'a>(events: &'a [Value], name: &str, pred: impl Fn(&Value) -> bool) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["event"] == name && pred(e))
-        .unwrap_or_else(|| panic!("no matching {name} event in {events:#?}"))
-}
 
 fn closed(events: &[Value]) -> &Value {
     one(events, "closed", |_| true)

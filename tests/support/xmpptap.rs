@@ -108,6 +108,27 @@ impl Xmpptap {
         &self.dir
     }
 
+    /// The child's process id (`None` once it has been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// A memory figure of the child from `/proc/PID/status`, in KiB: `VmRSS` (resident now) or `VmHWM` (peak
+    /// resident). Linux only; panics if the field cannot be read.
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("xmpptap exited:\n{}", self.stderr_text()));
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+        // "VmRSS:\t    9876 kB"
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status:\n{status}"))
+    }
+
     /// Everything xmpptap wrote to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.stderr.lock().expect("stderr lock").join("\n")
@@ -186,4 +207,53 @@ impl Drop for Xmpptap {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Waits for the `closed` event of connection `conn` and returns the whole transcript of that connection.
+pub async fn finished(tap: &Xmpptap, conn: u64) -> Vec<serde_json::Value> {
+    tap.wait_event(&format!("closed for conn {conn}"), |e| {
+        e["event"] == "closed" && e["conn"] == conn
+    })
+    .await;
+    tap.transcript()
+        .into_iter()
+        .filter(|e| e["conn"] == conn)
+        .collect()
+}
+
+/// Waits until the whole transcript satisfies `pred`, and returns it.
+pub async fn wait_transcript(
+    tap: &Xmpptap,
+    what: &str,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + super::fake::WAIT;
+    loop {
+        let events = tap.transcript();
+        if pred(&events) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "transcript never showed {what}: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The events named `name`.
+pub fn named<'a>(events: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+/// The first event named `name` that satisfies `pred`; panics with the transcript if there is none.
+pub fn one<'a>(
+    events: &'a [serde_json::Value],
+    name: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> &'a serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["event"] == name && pred(e))
+        .unwrap_or_else(|| panic!("no matching {name} event in {events:#?}"))
 }
