@@ -241,3 +241,127 @@ async fn prosody_federates_through_xmpptap_over_direct_tls() {
         .iter()
         .any(|e| is(e, "upstream_connected") && e["route"]["kind"] == "static"));
 }
+
+/// Redaction with real dialback keys: the default transcript shows them (only SASL is redacted by default),
+/// `xmpptap export` (redacting by default) must leave none of them in its JSONL or its pcap, and a live
+/// `--redact` run must mask every key in the transcript and the decrypted pcap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialback_keys_never_reach_redacted_outputs() {
+    // Keys in the clear, by default.
+    let s = setup(4, true).await;
+    converse(&s).await;
+    s.tap
+        .wait_event("valid db:result", |e| {
+            is(e, "dialback") && e["result"] == "valid"
+        })
+        .await;
+    let keys: Vec<String> = s
+        .tap
+        .transcript()
+        .iter()
+        .filter(|e| is(e, "dialback") && e["result"] == "request")
+        .filter_map(|e| dialback_text(e["xml"].as_str().unwrap_or("")))
+        .collect();
+    assert!(
+        !keys.is_empty(),
+        "the transcript shows the dialback keys when not asked to redact"
+    );
+    assert!(keys
+        .iter()
+        .all(|k| k.len() >= 32 && k.chars().all(|c| c.is_ascii_hexdigit())));
+
+    // `xmpptap export` makes a shareable copy: no key in it, nor in the pcap rebuilt from it.
+    let transcript = s.tap.dir().join("transcript.jsonl");
+    let shared = s.tap.dir().join("shared.jsonl");
+    let pcap = s.tap.dir().join("shared.pcap");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_xmpptap"))
+        .arg("export")
+        .arg(&transcript)
+        .arg("-o")
+        .arg(&shared)
+        .arg("--pcap")
+        .arg(&pcap)
+        .status()
+        .expect("run xmpptap export");
+    assert!(status.success(), "xmpptap export failed: {status}");
+    for output in [&shared, &pcap] {
+        let bytes = std::fs::read(output).unwrap_or_else(|e| panic!("{}: {e}", output.display()));
+        let text = String::from_utf8_lossy(&bytes);
+        for key in &keys {
+            assert!(
+                !text.contains(key.as_str()),
+                "a dialback key leaked into {}",
+                output.display()
+            );
+        }
+        assert!(
+            text.contains("[redacted:"),
+            "{} shows where it redacted",
+            output.display()
+        );
+    }
+    drop(s);
+
+    // Live: --redact masks the keys in the transcript and in the decrypted capture as they are written.
+    let live_pcap =
+        std::env::temp_dir().join(format!("xmpptap-redact-{}.pcap", std::process::id()));
+    let options = Options {
+        xmpptap_args: vec![
+            String::from("--redact"),
+            format!("--pcap={}", live_pcap.display()),
+        ],
+        ..Options::default()
+    };
+    let s = Federation::start(FILE_ID, 5, options).await;
+    converse(&s).await;
+    s.tap
+        .wait_event("valid db:result", |e| {
+            is(e, "dialback") && e["result"] == "valid"
+        })
+        .await;
+    let requests: Vec<Value> = s
+        .tap
+        .transcript()
+        .into_iter()
+        .filter(|e| is(e, "dialback") && e["result"] == "request")
+        .collect();
+    assert!(!requests.is_empty());
+    for request in &requests {
+        let text = dialback_text(request["xml"].as_str().unwrap_or("")).unwrap_or_default();
+        assert!(is_masked(&text), "the key must be masked: {request}");
+        assert_eq!(request["redacted"], true);
+    }
+    drop(s);
+    // The decrypted pcap carries the same masked bytes (MSS 1460: these small elements are never split).
+    let capture = std::fs::read(&live_pcap).expect("live pcap");
+    let capture = String::from_utf8_lossy(&capture);
+    let masked_requests = capture
+        .match_indices("<db:result from=")
+        .filter_map(|(at, _)| dialback_text(&capture[at..]))
+        .inspect(|text| assert!(is_masked(text), "an unmasked key in the live pcap: {text}"))
+        .count();
+    assert!(
+        masked_requests > 0,
+        "the decrypted pcap holds the dialback requests"
+    );
+    let _ = std::fs::remove_file(&live_pcap);
+}
+
+/// Whether `text` is a redaction marker: `[redacted:N]` padded with `*`, or all `*` when short.
+fn is_masked(text: &str) -> bool {
+    let padded = |rest: &str| rest.chars().all(|c| c == '*');
+    match text
+        .strip_prefix("[redacted:")
+        .and_then(|t| t.split_once(']'))
+    {
+        Some((n, rest)) => n.parse::<usize>() == Ok(text.len()) && padded(rest),
+        None => !text.is_empty() && padded(text),
+    }
+}
+
+/// The text content of a `<db:result>`/`<db:verify>` element, if it has any.
+fn dialback_text(xml: &str) -> Option<String> {
+    let (_, rest) = xml.split_once('>')?;
+    let (text, _) = rest.split_once('<')?;
+    (!text.is_empty()).then(|| text.to_owned())
+}
