@@ -56,6 +56,18 @@ pub enum Command {
     ///
     /// Example: xmpptap export transcript.jsonl -o shared.jsonl --pcap shared.pcap
     Export(ExportArgs),
+    /// Check a server from outside, as another server (s2s) or a client (c2s) would reach it: DNS, TCP,
+    /// stream, features, TLS and the certificate, dialback or SASL, and a few requests, every phase timed.
+    ///
+    /// Prints a readable report, or JSON with --json (the same shape for both probes). The exit code says
+    /// where it failed.
+    ///
+    /// Example: xmpptap probe s2s example.net --from probe.example.org --dialback
+    #[command(after_help = PROBE_EXIT_CODES)]
+    Probe {
+        #[command(subcommand)]
+        target: ProbeCommand,
+    },
 }
 
 /// `xmpptap show` flags. Filters of different kinds must all match; a filter given several times matches any
@@ -376,6 +388,24 @@ pub struct ProxyArgs {
     /// Seconds to wait for each step of stream negotiation (headers, features, proceed). Default 60.
     #[arg(long, value_name = "SECS")]
     pub negotiation_timeout: Option<f64>,
+
+    /// Seconds a relayed connection may go without a complete element or whitespace keepalive in either
+    /// direction; then both sides get <connection-timeout/>. Bytes of an unfinished element do not count, so
+    /// a peer trickling one element more slowly than this gets <connection-timeout/> alone. 0 never times
+    /// out. Default 900 (longer than Prosody's 840 s keepalive interval).
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<f64>,
+
+    /// Most connections served at once, all listeners together. One more is answered <policy-violation/>
+    /// (plaintext listeners) or closed (Direct TLS listeners) at once, without being read. Default 10000.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections served at once toward one receiving domain: the `to` of the initiator's stream header
+    /// (S2S and C2S counted apart). One more gets <policy-violation/> before xmpptap connects upstream.
+    /// Default 1000.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_domain: Option<usize>,
 }
 
 /// Parses `DOMAIN=[tls://]HOST:PORT`.
@@ -387,4 +417,196 @@ pub fn parse_route(s: &str) -> Result<(String, RouteTarget), String> {
         .parse::<RouteTarget>()
         .map_err(|e| format!("route for {domain}: {e}"))?;
     Ok((domain.trim().to_ascii_lowercase(), target))
+}
+
+/// The exit codes of `xmpptap probe`, printed under its --help.
+pub const PROBE_EXIT_CODES: &str = "Exit codes: 0 everything asked for worked; 2 DNS (no usable SRV or A/AAAA \
+    answer); 3 connect (no address accepted TCP); 4 TLS (handshake, certificate not valid for the domain, \
+    STARTTLS required but missing); 5 authentication (SASL); 6 dialback (invalid, error or no answer); 7 stream \
+    (stream error, protocol violation, timeout); 8 a requested check failed (bind, roster, message, ping); \
+    1 local error; 64 bad usage.";
+
+/// `xmpptap probe ...`
+#[derive(Debug, Subcommand)]
+pub enum ProbeCommand {
+    /// Probe a domain's server-to-server service as the server of --from would reach it.
+    ///
+    /// DNS: SRV _xmpps-server._tcp and _xmpp-server._tcp, ordered together as a server tries them, then A/AAAA
+    /// on 5269; each candidate is tried in order. Then the stream header and features, STARTTLS (or Direct
+    /// TLS), the certificate chain and whether it verifies for DOMAIN, and optionally SASL EXTERNAL, dialback
+    /// and a ping.
+    ///
+    /// To get dialback `valid`, the receiving server must be able to check the key: either give the real
+    /// dialback secret of --from's server (--dialback-secret-env), or let the probe answer the check itself
+    /// with --dialback-listen ADDR and make DNS for --from (as the receiving server sees it) point there, e.g.
+    /// `_xmpp-server._tcp.FROM. SRV 0 0 PORT host-of-ADDR.`
+    ///
+    /// Example: xmpptap probe s2s example.net --from probe.example.org --dialback --dialback-listen
+    /// 0.0.0.0:5269 --ping
+    #[command(after_help = PROBE_EXIT_CODES)]
+    S2s(ProbeS2sArgs),
+    /// Log in to a domain's client service as JID and check it: DNS (_xmpps-client/_xmpp-client, then
+    /// A/AAAA on 5222), TLS and the certificate, SASL, resource binding, and optionally the roster, a message
+    /// and a ping.
+    ///
+    /// The password comes from --password-env VAR or --password-file FILE, never from the command line, and
+    /// is never printed. Without one, the probe stops after TLS and the features.
+    ///
+    /// Example: XMPP_PASSWORD=... xmpptap probe c2s alice@example.net --password-env XMPP_PASSWORD --roster
+    #[command(after_help = PROBE_EXIT_CODES)]
+    C2s(ProbeC2sArgs),
+}
+
+/// How `xmpptap probe` reaches the server and checks TLS.
+#[derive(Debug, Args)]
+pub struct ProbeConnectArgs {
+    /// Connect to HOST instead of asking DNS for SRV records (an IP address, or a name resolved with A/AAAA).
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+
+    /// Port to connect to (with or without --host; without it, the host is the domain). Default 5269 (s2s)
+    /// or 5222 (c2s), 5270 / 5223 with --direct-tls.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+
+    /// With --host/--port: start TLS right after connecting (XEP-0368 Direct TLS) instead of STARTTLS.
+    /// Candidates from _xmpps-* SRV records always use Direct TLS.
+    #[arg(long)]
+    pub direct_tls: bool,
+
+    /// STARTTLS: auto (when offered), require (fail if not offered), off (stay in plaintext).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = crate::probe::StartTls::Auto)]
+    pub starttls: crate::probe::StartTls,
+
+    /// Verify the server's certificate against the CA certificates in this PEM file instead of the system's
+    /// roots.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "dangerous_accept_any_cert"
+    )]
+    pub ca: Option<PathBuf>,
+
+    /// Go on when the server's certificate does not verify (the report still says whether and why not).
+    /// Anyone on the path could then read and change the stream.
+    #[arg(long)]
+    pub dangerous_accept_any_cert: bool,
+
+    /// Seconds to wait for each step: a TCP connection, the TLS handshake, each answer.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub timeout: f64,
+
+    /// Ask this DNS server (UDP/TCP) instead of the system's resolver.
+    #[arg(long, value_name = "IP:PORT")]
+    pub resolver: Option<SocketAddr>,
+
+    /// Print the report as JSON (one object, the same shape for s2s and c2s).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `xmpptap probe s2s` flags.
+#[derive(Debug, Args)]
+pub struct ProbeS2sArgs {
+    /// The domain to probe (the receiving server).
+    #[arg(value_name = "DOMAIN")]
+    pub domain: String,
+
+    /// The domain the probe speaks for (the originating server): the stream's `from` and the dialback
+    /// domain.
+    #[arg(long, value_name = "DOMAIN")]
+    pub from: String,
+
+    #[command(flatten)]
+    pub connect: ProbeConnectArgs,
+
+    /// Authenticate with Server Dialback (XEP-0220): send a key computed as XEP-0185 recommends and report
+    /// valid, invalid, error or no answer.
+    #[arg(long)]
+    pub dialback: bool,
+
+    /// The dialback secret the key is computed with (default: a random one). Visible to other local users in
+    /// the process list; prefer --dialback-secret-env for a real server's secret.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        requires = "dialback",
+        conflicts_with = "dialback_secret_env"
+    )]
+    pub dialback_secret: Option<String>,
+
+    /// Read the dialback secret from environment variable VAR.
+    #[arg(long, value_name = "VAR", requires = "dialback")]
+    pub dialback_secret_env: Option<String>,
+
+    /// Answer the receiving server's dialback verification (<db:verify>) here, as --from's authoritative
+    /// server. The receiving server must reach ADDR when it resolves --from (SRV or A/AAAA).
+    #[arg(long, value_name = "ADDR", requires = "dialback")]
+    pub dialback_listen: Option<SocketAddr>,
+
+    /// Send an XEP-0199 ping to DOMAIN once authenticated and report the round-trip time. The answer comes
+    /// back on the receiving server's own connection to --from: with --dialback-listen the probe sees it.
+    #[arg(long)]
+    pub ping: bool,
+
+    /// Authenticate with SASL EXTERNAL using the client certificate (--client-cert, --client-key).
+    #[arg(long, requires_all = ["client_cert", "client_key"])]
+    pub sasl_external: bool,
+
+    /// Client certificate (PEM, chain) to present in TLS.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
+}
+
+/// `xmpptap probe c2s` flags.
+#[derive(Debug, Args)]
+pub struct ProbeC2sArgs {
+    /// The account to log in as: user@domain (a /resource asks for that resource).
+    #[arg(value_name = "JID")]
+    pub jid: String,
+
+    /// Read the password from environment variable VAR.
+    #[arg(long, value_name = "VAR", conflicts_with = "password_file")]
+    pub password_env: Option<String>,
+
+    /// Read the password from FILE (the first line, without its line ending).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub connect: ProbeConnectArgs,
+
+    /// Use this SASL mechanism (default: the strongest both sides support; -PLUS only with a channel binding
+    /// type the server announces, XEP-0440).
+    #[arg(long, value_enum, value_name = "MECHANISM", ignore_case = true)]
+    pub mechanism: Option<crate::probe::sasl::Mechanism>,
+
+    /// Allow PLAIN without TLS: the password crosses the network readable by anyone on the path.
+    #[arg(long)]
+    pub dangerous_plain_over_plaintext: bool,
+
+    /// Resource to bind (default: the JID's resource, else xmpptap-probe-RANDOM).
+    #[arg(long, value_name = "RESOURCE")]
+    pub resource: Option<String>,
+
+    /// Fetch the roster and list each contact's name, subscription and groups.
+    #[arg(long)]
+    pub roster: bool,
+
+    /// Send a chat message with BODY to TO, then watch for a bounce (an error message) for --message-wait
+    /// seconds.
+    #[arg(long, num_args = 2, value_names = ["TO", "BODY"])]
+    pub message: Vec<String>,
+
+    /// Seconds to watch for a bounce after --message.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+    pub message_wait: f64,
+
+    /// Send an XEP-0199 ping to the server and report the round-trip time.
+    #[arg(long)]
+    pub ping: bool,
 }

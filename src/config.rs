@@ -78,6 +78,9 @@ pub struct FileConfig {
     pub header_timeout: Option<f64>,
     pub tls_timeout: Option<f64>,
     pub negotiation_timeout: Option<f64>,
+    pub idle_timeout: Option<f64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_domain: Option<usize>,
 }
 
 impl FileConfig {
@@ -94,10 +97,10 @@ impl FileConfig {
     }
 }
 
-/// Timeouts and size limits for one intercepted connection.
+/// Timeouts, size limits and connection counts that protect xmpptap from its peers.
 #[derive(Clone, Debug)]
 pub struct SessionLimits {
-    /// Framer limits (stanza size, depth).
+    /// Framer limits (stanza size, depth). The stanza size also bounds what xmpptap buffers per side.
     pub framer: Limits,
     /// Time for the initiator's first stream header.
     pub header_timeout: Duration,
@@ -105,6 +108,28 @@ pub struct SessionLimits {
     pub tls_timeout: Duration,
     /// Time for each negotiation step.
     pub negotiation_timeout: Duration,
+    /// Time a relayed connection may go without a complete frame in either direction; `None`: forever.
+    pub idle_timeout: Option<Duration>,
+    /// Connections served at once, all listeners together.
+    pub max_connections: usize,
+    /// Connections served at once toward one receiving domain (per kind: S2S, C2S).
+    pub max_connections_per_domain: usize,
+}
+
+impl SessionLimits {
+    /// Default for [`SessionLimits::header_timeout`].
+    pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default for [`SessionLimits::tls_timeout`].
+    pub const DEFAULT_TLS_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default for [`SessionLimits::negotiation_timeout`].
+    pub const DEFAULT_NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default for [`SessionLimits::idle_timeout`]: longer than the 840 s after which Prosody sends a whitespace
+    /// keepalive on a quiet connection, so that xmpptap never ends a healthy idle federation link first.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(900);
+    /// Default for [`SessionLimits::max_connections`]. Each connection takes two file descriptors.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+    /// Default for [`SessionLimits::max_connections_per_domain`].
+    pub const DEFAULT_MAX_CONNECTIONS_PER_DOMAIN: usize = 1_000;
 }
 
 /// Validated settings for `xmpptap proxy`.
@@ -251,21 +276,37 @@ impl ProxyConfig {
         if framer.max_depth < 4 {
             return Err(invalid("max_depth below 4 would refuse ordinary stanzas"));
         }
+        let idle_timeout = secs("idle_timeout", args.idle_timeout.or(file.idle_timeout))?
+            .unwrap_or(SessionLimits::DEFAULT_IDLE_TIMEOUT);
         let limits = SessionLimits {
             framer,
             header_timeout: secs(
                 "header_timeout",
                 args.header_timeout.or(file.header_timeout),
             )?
-            .unwrap_or(Duration::from_secs(30)),
+            .unwrap_or(SessionLimits::DEFAULT_HEADER_TIMEOUT),
             tls_timeout: secs("tls_timeout", args.tls_timeout.or(file.tls_timeout))?
-                .unwrap_or(Duration::from_secs(10)),
+                .unwrap_or(SessionLimits::DEFAULT_TLS_TIMEOUT),
             negotiation_timeout: secs(
                 "negotiation_timeout",
                 args.negotiation_timeout.or(file.negotiation_timeout),
             )?
-            .unwrap_or(Duration::from_secs(60)),
+            .unwrap_or(SessionLimits::DEFAULT_NEGOTIATION_TIMEOUT),
+            idle_timeout: (!idle_timeout.is_zero()).then_some(idle_timeout),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(SessionLimits::DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_domain: args
+                .max_connections_per_domain
+                .or(file.max_connections_per_domain)
+                .unwrap_or(SessionLimits::DEFAULT_MAX_CONNECTIONS_PER_DOMAIN),
         };
+        if limits.max_connections == 0 || limits.max_connections_per_domain == 0 {
+            return Err(invalid(
+                "max_connections and max_connections_per_domain must be at least 1",
+            ));
+        }
 
         let pcap = args.pcap.clone().or(file.pcap);
         let pcapng_tls = args.pcapng_tls.clone().or(file.pcapng_tls);
@@ -375,7 +416,7 @@ fn merge_upstream(
 }
 
 /// What a listener accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ListenerKind {
     /// Server-to-server streams (`jabber:server`).
     S2s,
@@ -662,6 +703,39 @@ mod tests {
                 .starts_with("config file c2s_routes: route for b.test:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn limits_come_from_flags_or_file_with_defaults() {
+        let config =
+            ProxyConfig::merge(&ProxyArgs::default(), FileConfig::default()).expect("valid");
+        assert_eq!(
+            (
+                config.limits.idle_timeout,
+                config.limits.max_connections,
+                config.limits.max_connections_per_domain
+            ),
+            (Some(Duration::from_secs(900)), 10_000, 1_000)
+        );
+        let from_file =
+            file("idle_timeout = 0\nmax_connections = 50\nmax_connections_per_domain = 5");
+        let args = ProxyArgs {
+            max_connections_per_domain: Some(7),
+            ..ProxyArgs::default()
+        };
+        let config = ProxyConfig::merge(&args, from_file).expect("valid");
+        assert_eq!(
+            (
+                config.limits.idle_timeout,
+                config.limits.max_connections,
+                config.limits.max_connections_per_domain
+            ),
+            (None, 50, 7),
+            "0 s is never; flags win"
+        );
+        let err = ProxyConfig::merge(&ProxyArgs::default(), file("max_connections = 0"))
+            .expect_err("must refuse");
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 
     #[test]

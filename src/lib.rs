@@ -26,12 +26,14 @@
 //! - [`tap`]: transcript events and the writers that drain them without slowing the data path.
 //! - [`show`]: `xmpptap show`, a transcript printed for people, and the live view of `--log -` on a terminal.
 //! - [`export`]: `xmpptap export`, a redacted copy of a transcript and a pcap built from it.
+//! - [`probe`]: `xmpptap probe s2s|c2s`: a server checked from outside as a peer reaches it, each phase timed.
 //! - [`side`]: the names of the two peers ([`side::Side`]) and of the two directions ([`side::Direction`]).
 
 pub mod cli;
 pub mod config;
 pub mod export;
 pub mod listen;
+pub mod probe;
 pub mod session;
 pub mod show;
 pub mod side;

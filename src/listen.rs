@@ -1,11 +1,13 @@
 //! Listeners and the accept loop: `xmpptap proxy` from its validated config to serving connections.
 //!
-//! [`run`] builds the shared handles once (CA, TLS configurations, router, transcript tap), binds every
-//! listener, and spawns one task per accepted connection inside a span carrying its id and peer. A failed
-//! accept backs off and continues; a failed session never touches the listener. On shutdown it stops accepting,
-//! lets sessions say `<system-shutdown/>`, and waits for them briefly.
+//! [`run`] builds the shared handles once (CA, TLS configurations, router, transcript tap, connection counts),
+//! binds every listener, and spawns one task per accepted connection inside a span carrying its id and peer. A
+//! failed accept backs off and continues; a failed session never touches the listener. Connections over
+//! `--max-connections` are still accepted, to be refused by their session without being read. On shutdown it
+//! stops accepting, lets sessions say `<system-shutdown/>`, and waits for them briefly.
 
 use crate::config::{Listener, ProxyConfig};
+use crate::session::admission::Admission;
 use crate::session::{self, Accepted, Context};
 use crate::tap::keylog::TlsKeyLog;
 use crate::tap::{self, Tap, TapOptions};
@@ -74,15 +76,19 @@ pub struct Bound {
     pub listeners: Vec<Listener>,
 }
 
-/// Binds every S2S listening address.
+/// How many connections the kernel may hold for a listener before xmpptap accepts them (Linux caps it at
+/// `net.core.somaxconn`, 4096 by default). Tokio's `TcpListener::bind` asks for 128, as the standard library
+/// does: a burst of reconnecting servers (after a network blip) would overflow it, and the kernel would then
+/// drop the handshakes it cannot queue.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds every listening address.
 pub async fn bind(config: &ProxyConfig) -> Result<Bound, RunError> {
     let mut sockets = Vec::new();
     let mut listeners = Vec::new();
     for listener in &config.listeners {
         let addr = listener.addr;
-        let socket = TcpListener::bind(addr)
-            .await
-            .map_err(|source| RunError::Bind { addr, source })?;
+        let socket = listen_on(addr).map_err(|source| RunError::Bind { addr, source })?;
         let local = socket
             .local_addr()
             .map_err(|source| RunError::Bind { addr, source })?;
@@ -93,6 +99,18 @@ pub async fn bind(config: &ProxyConfig) -> Result<Bound, RunError> {
         sockets.push(socket);
     }
     Ok(Bound { sockets, listeners })
+}
+
+/// A listening socket on `addr` with [`LISTEN_BACKLOG`], reusing the address as `TcpListener::bind` does.
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The router for `service` (S2S or C2S), told about our own listeners so it can refuse routing loops.
@@ -132,6 +150,11 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
     let s2s_router = router(&config, Service::Server, &own)?;
     let c2s_router = router(&config, Service::Client, &own)?;
     let default_domain = config.default_domain.clone();
+    warn_if_few_file_descriptors(config.limits.max_connections);
+    let admission = Admission::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_domain,
+    );
     let ctx = Arc::new(Context {
         config,
         router: s2s_router,
@@ -143,6 +166,7 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         tls,
         tap,
         sm_index: Arc::default(),
+        admission,
     });
 
     let sessions = TaskTracker::new();
@@ -178,6 +202,33 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         let _ = tokio::time::timeout(Duration::from_secs(2), joined).await;
     }
     Ok(())
+}
+
+/// File descriptors a connection takes: the initiator's socket and the upstream one.
+const FDS_PER_CONNECTION: u64 = 2;
+
+/// Warns when the process may run out of file descriptors before reaching `--max-connections`: accepts would
+/// then fail (and back off) instead of refusing with `<policy-violation/>`. Linux only (`/proc/self/limits`);
+/// elsewhere, or when the limit cannot be read, says nothing.
+fn warn_if_few_file_descriptors(max_connections: usize) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    // "Max open files            1024                 1048576              files"
+    let soft = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse::<u64>().ok());
+    let needed = (max_connections as u64)
+        .saturating_mul(FDS_PER_CONNECTION)
+        .saturating_add(64);
+    if let Some(soft) = soft.filter(|soft| *soft < needed) {
+        tracing::warn!(
+            "--max-connections {max_connections} needs about {needed} file descriptors but the limit is {soft}: \
+             raise it (ulimit -n, LimitNOFILE=) or lower --max-connections"
+        );
+    }
 }
 
 /// Opens every configured output and starts the tap writer thread; a disabled tap when there is none.

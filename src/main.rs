@@ -1,5 +1,6 @@
 //! The `xmpptap` binary: parse flags, set up logging, run a subcommand, turn its error into one line on stderr
-//! and an exit code (64 for bad usage or configuration, 1 for failures at run time).
+//! and an exit code (64 for bad usage or configuration, 1 for failures at run time; `probe` exits with its
+//! report's code, see `xmpptap::probe::report`).
 
 use clap::Parser;
 use std::io::IsTerminal;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Command::Ca { action } => ca(action),
         Command::Show(args) => show(&args),
         Command::Export(args) => export(&args),
+        Command::Probe { target } => probe(&target),
     }
 }
 
@@ -145,6 +147,21 @@ async fn check(config: ProxyConfig) -> ExitCode {
         println!("  transcript:   {}", log.display());
     }
     println!("  redacted:     {}", config.redaction.describe());
+    let limits = &config.limits;
+    println!(
+        "  limits:       stanzas {} bytes, depth {}; {} connections, {} per domain; timeouts: header {:?}, \
+         TLS {:?}, negotiation {:?}, idle {}",
+        limits.framer.max_stanza_bytes,
+        limits.framer.max_depth,
+        limits.max_connections,
+        limits.max_connections_per_domain,
+        limits.header_timeout,
+        limits.tls_timeout,
+        limits.negotiation_timeout,
+        limits
+            .idle_timeout
+            .map_or_else(|| String::from("never"), |idle| format!("{idle:?}")),
+    );
     if let Some(keylog) = &config.keylog {
         println!("  TLS key log:  {} (mode 0600)", keylog.display());
     }
@@ -240,6 +257,35 @@ fn export(args: &xmpptap::cli::ExportArgs) -> ExitCode {
         }
         Err(e) => fail(1, &e),
     }
+}
+
+/// `xmpptap probe`: runs it, prints the report (text or JSON) on stdout, exits with the report's code (64 when
+/// the flags or files make the probe impossible).
+fn probe(target: &xmpptap::cli::ProbeCommand) -> ExitCode {
+    let json = match target {
+        xmpptap::cli::ProbeCommand::S2s(args) => args.connect.json,
+        xmpptap::cli::ProbeCommand::C2s(args) => args.connect.json,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(1, &e),
+    };
+    let report = match runtime.block_on(xmpptap::probe::run(target)) {
+        Ok(report) => report,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(1, &e),
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    ExitCode::from(report.exit_code)
 }
 
 /// Prints `error` (with its causes) as one line and returns `code`.

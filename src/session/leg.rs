@@ -3,7 +3,7 @@
 use crate::side::Side;
 use crate::xml::framer::{Frame, Framer, Limits};
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::SessionError;
 
@@ -66,10 +66,30 @@ impl<IO: AsyncRead + Unpin> Leg<IO> {
     }
 
     /// Reads more bytes into `buf`. Returns 0 on a clean end of stream (trailing whitespace is fine); an end of
-    /// stream in the middle of a frame is [`SessionError::Truncated`]. Cancel-safe (a single `read_buf`).
+    /// stream in the middle of a frame is [`SessionError::Truncated`]. Cancel-safe (a single read, whose bytes
+    /// are in `buf` when it returns).
+    ///
+    /// Between frames (`buf` empty, the usual state of an idle connection) the leg holds no buffer while it
+    /// waits: the read goes to a scratch buffer on the stack of the poll, and only what arrived is kept. An idle
+    /// connection then costs no read buffers, for one copy of each read on a busy one.
     pub async fn fill(&mut self) -> Result<usize, SessionError> {
-        self.buf.reserve(READ_CHUNK);
-        let n = match self.io.read_buf(&mut self.buf).await {
+        let read = if self.buf.is_empty() {
+            // Also lets go of the allocation the last batch was cut from.
+            self.buf = BytesMut::new();
+            let (io, buf) = (&mut self.io, &mut self.buf);
+            std::future::poll_fn(|cx| {
+                let mut scratch = [0u8; READ_CHUNK];
+                let mut read = ReadBuf::new(&mut scratch);
+                std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut read))?;
+                buf.extend_from_slice(read.filled());
+                std::task::Poll::Ready(Ok(read.filled().len()))
+            })
+            .await
+        } else {
+            self.buf.reserve(READ_CHUNK);
+            self.io.read_buf(&mut self.buf).await
+        };
+        let n = match read {
             Ok(n) => n,
             // TLS without close_notify: XMPP has its own close (`</stream:stream>`), and servers such
             // as Prosody routinely drop the TCP connection after it. Treat it as an end of stream; a

@@ -1,19 +1,34 @@
 //! One intercepted connection, from accept to close.
 //!
-//! The session is a short state machine followed by a relay:
+//! The same machinery serves S2S and C2S (the listener's kind picks the router, the ALPN and the feature
+//! policy). The session is a short state machine followed by a relay:
 //!
+//! 0. Direct TLS (XEP-0368): on a TLS listener, or when the first bytes on a plaintext one are a ClientHello,
+//!    the TLS handshake comes first, with a certificate minted for the SNI name.
 //! 1. `ExpectInitiatorHeader`: read the initiator's `<stream:stream>`; its `to` names the receiving domain.
-//! 2. Connect upstream ([`crate::upstream`]), then for each stream (the first, and the one after STARTTLS):
+//! 2. Connect upstream ([`crate::upstream`]; TLS first if the route or SRV record says Direct TLS), then for
+//!    each stream (the first, and the one after STARTTLS):
 //!    send the initiator's header up, `ExpectReceiverHeader` and relay it down unchanged (its stream id is what
 //!    dialback keys are computed over), `ExpectReceiverFeatures` and relay them down.
+//!    The features go down minus what interception would break ([`rewrite`]). When the initiator uses TLS
+//!    but the upstream leg does not yet (or `--upstream-tls always`), xmpptap first does STARTTLS upstream on
+//!    its own and shows the initiator only the receiver's post-TLS header and features.
 //! 3. If the receiver offered STARTTLS: `ExpectStarttls` from the initiator (anything else goes to the relay),
 //!    forward it, `ExpectProceed` from the receiver, TLS handshake upstream, `<proceed/>` down, TLS handshake
 //!    downstream with a certificate minted for the receiving domain, and back to 2 for the restarted stream.
-//! 4. [`relay`]: copy whole frames both ways until the connection ends.
+//!    Later restarts (after SASL success) are ordinary frames for the relay, whose framer follows them.
+//! 4. [`relay`]: copy whole frames both ways until the connection ends or goes idle (`--idle-timeout`).
 //!
 //! Dialback and SASL are not special here: they are frames the relay forwards. Errors are answered once, in
 //! one place per phase: the side at fault gets the stream error, the other side a clean close.
+//!
+//! Limits: a session holds an [`admission`] permit from the start (`--max-connections`) and another once the
+//! initiator's header names the receiving domain (`--max-connections-per-domain`); every read is bounded in
+//! time (header, negotiation, TLS and idle timeouts) and in size (the framer's `--max-stanza-size`: a side's
+//! buffer never holds more than one unfinished frame plus one read, and the relay stops reading a side while
+//! its peer is not taking what was already read).
 
+pub mod admission;
 mod leg;
 pub mod observe;
 mod relay;
@@ -29,6 +44,7 @@ use crate::upstream::connect::{self, ConnectError};
 use crate::upstream::route::Router;
 use crate::xml::element::{self, ElementHead, Features, StreamHeader, NS_STREAM, NS_TLS};
 use crate::xml::framer::{Frame, FrameError, FrameKind};
+use admission::{Admission, OverLimit};
 use bytes::Bytes;
 use leg::Leg;
 use observe::Observer;
@@ -64,6 +80,8 @@ pub struct Context {
     pub tap: Tap,
     /// XEP-0198 sessions by id, to link resumptions to the connection they resume.
     pub sm_index: Arc<observe::SmIndex>,
+    /// Connection counts against `--max-connections` and `--max-connections-per-domain`.
+    pub admission: Admission,
 }
 
 impl std::fmt::Debug for Context {
@@ -148,6 +166,27 @@ pub enum SessionError {
     /// `--require-tls` and the initiator's stream would stay plaintext.
     #[error("xmpptap requires TLS from the initiator (--require-tls), but {reason}")]
     TlsRequired { reason: &'static str },
+    /// A connection limit is reached: the initiator is refused.
+    #[error("{0}")]
+    OverLimit(#[from] OverLimit),
+    /// The relay saw no complete element or keepalive from either side for `--idle-timeout`.
+    #[error(
+        "idle: neither side sent anything for {}s (--idle-timeout)",
+        .after.as_secs_f32()
+    )]
+    Idle { after: Duration },
+    /// A side started an element and did not finish it within `--idle-timeout`, with nothing else relayed.
+    #[error(
+        "{side} sent part of an element and nothing complete for {}s (--idle-timeout)",
+        .after.as_secs_f32()
+    )]
+    Slow { side: Side, after: Duration },
+    /// A side took nothing of what xmpptap had to write to it for `--idle-timeout`.
+    #[error(
+        "{side} read nothing xmpptap relayed to it for {}s (--idle-timeout)",
+        .after.as_secs_f32()
+    )]
+    Stalled { side: Side, after: Duration },
     /// xmpptap is shutting down.
     #[error("xmpptap is shutting down")]
     Shutdown,
@@ -164,9 +203,13 @@ impl SessionError {
             | SessionError::Unexpected { side, .. }
             | SessionError::Timeout { side, .. }
             | SessionError::Tls { side, .. }
-            | SessionError::BytesBeforeTls { side, .. } => Some(*side),
-            SessionError::NoDomain | SessionError::TlsRequired { .. } => Some(Side::Initiator),
-            SessionError::Connect(_) | SessionError::Shutdown => None,
+            | SessionError::BytesBeforeTls { side, .. }
+            | SessionError::Slow { side, .. }
+            | SessionError::Stalled { side, .. } => Some(*side),
+            SessionError::NoDomain
+            | SessionError::TlsRequired { .. }
+            | SessionError::OverLimit(_) => Some(Side::Initiator),
+            SessionError::Connect(_) | SessionError::Shutdown | SessionError::Idle { .. } => None,
         }
     }
 
@@ -178,9 +221,14 @@ impl SessionError {
             SessionError::Unexpected { .. } | SessionError::BytesBeforeTls { .. } => {
                 Some("bad-format")
             }
-            SessionError::Timeout { .. } => Some("connection-timeout"),
+            SessionError::Timeout { .. }
+            | SessionError::Idle { .. }
+            | SessionError::Slow { .. }
+            | SessionError::Stalled { .. } => Some("connection-timeout"),
             SessionError::NoDomain => Some("host-unknown"),
-            SessionError::TlsRequired { .. } => Some("policy-violation"),
+            SessionError::TlsRequired { .. } | SessionError::OverLimit(_) => {
+                Some("policy-violation")
+            }
             SessionError::Connect(e) => Some(connect_condition(e)),
             SessionError::Shutdown => Some("system-shutdown"),
             SessionError::Truncated { .. }
@@ -239,7 +287,11 @@ pub async fn serve(ctx: Arc<Context>, accepted: Accepted, shutdown: Cancellation
         down: Observer::new(conn, Direction::Down, ctx.tap.clone(), ctx.sm_index.clone()),
         bytes: [0, 0],
     };
-    let ended = session.run(accepted.stream).await;
+    // The place in the global count is held until the session is over, and given back before `closed`.
+    let ended = match ctx.admission.connection() {
+        Ok(_permit) => session.run(accepted.stream).await,
+        Err(over) => session.refuse_unread(accepted.stream, over).await,
+    };
     match ended.by {
         ClosedBy::Xmpptap => tracing::info!(reason = %ended.reason, "closed"),
         _ => tracing::info!(by = ?ended.by, reason = %ended.reason, "closed"),
@@ -265,6 +317,7 @@ fn log_error(error: &SessionError) {
         SessionError::Io { .. } | SessionError::Closed { .. } | SessionError::Shutdown => {
             tracing::debug!(error = %error, "session ended")
         }
+        SessionError::Idle { .. } => tracing::info!(error = %error, "session ended"),
         _ => tracing::warn!(error = %error, "session failed"),
     }
 }
@@ -332,6 +385,9 @@ impl Session<'_> {
     async fn run(&mut self, tcp: TcpStream) -> Ended {
         let limits = self.ctx.config.limits.framer;
         let header_timeout = self.ctx.config.limits.header_timeout;
+        // One deadline for the sniff and the header: an initiator that sends nothing, or one byte, is answered
+        // after --header-timeout, not twice that.
+        let header_deadline = tokio::time::Instant::now() + header_timeout;
         // Direct TLS (XEP-0368): on a TLS listener, or a ClientHello arriving on a plaintext one.
         let direct_tls = self.listener.direct_tls || sniff_client_hello(&tcp, header_timeout).await;
         let tcp = Tcp::new(
@@ -346,12 +402,26 @@ impl Session<'_> {
             };
         }
 
-        // ExpectInitiatorHeader
+        // ExpectInitiatorHeader: after a TLS handshake (bounded by its own timeout) the header gets the whole
+        // --header-timeout; else what the sniff left of it.
+        let left = if direct_tls {
+            header_timeout
+        } else {
+            header_deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
         let first = self
-            .read(&mut ini, header_timeout, "the initiator's stream header")
+            .read(&mut ini, left, "the initiator's stream header")
             .await;
         let (frame, header_bytes) = match first {
             Ok(frame) => frame,
+            Err(SessionError::Timeout { side, expected, .. }) => {
+                let error = SessionError::Timeout {
+                    side,
+                    expected,
+                    after: header_timeout,
+                };
+                return self.refuse(&mut ini, None, error).await;
+            }
             Err(error) => return self.refuse(&mut ini, None, error).await,
         };
         self.up.frame(&frame, &header_bytes);
@@ -362,6 +432,12 @@ impl Session<'_> {
                 .await;
         };
         tracing::Span::current().record("to", domain.as_str());
+        // Held until the session is over, including while xmpptap connects upstream.
+        let ctx = self.ctx;
+        let _domain_permit = match ctx.admission.domain(self.listener.kind, &domain) {
+            Ok(permit) => permit,
+            Err(over) => return self.refuse(&mut ini, Some(&header), over.into()).await,
+        };
 
         // Connect upstream.
         let router = match self.listener.kind {
@@ -435,6 +511,7 @@ impl Session<'_> {
                     &mut self.up,
                     &mut self.down,
                     &self.rewriter,
+                    self.ctx.config.limits.idle_timeout,
                     self.shutdown,
                 )
                 .await;
@@ -443,6 +520,33 @@ impl Session<'_> {
             }
             Err(ended) => ended,
         }
+    }
+
+    /// Refuses a connection over `--max-connections` without reading from it: on a plaintext listener xmpptap
+    /// opens a stream of its own and sends `<policy-violation/>` on it; a Direct TLS initiator is closed at once
+    /// (it could only read the error after a TLS handshake, and handshakes are what the limit saves).
+    async fn refuse_unread(&mut self, tcp: TcpStream, over: OverLimit) -> Ended {
+        let error = SessionError::OverLimit(over);
+        if self.listener.direct_tls {
+            log_error(&error);
+            self.down.own(protocol_error_event(
+                Side::Initiator,
+                "policy-violation",
+                &error,
+            ));
+            drop(tcp);
+            return self.ended_after(error);
+        }
+        let tcp = Tcp::new(
+            tcp,
+            RawRecorder::new(&self.ctx.tap, self.conn, Side::Initiator),
+        );
+        let mut ini = Leg::new(
+            Side::Initiator,
+            Transport::Plain(tcp),
+            self.ctx.config.limits.framer,
+        );
+        self.refuse(&mut ini, None, error).await
     }
 
     /// Steps 2 and 3 of the module doc: streams and STARTTLS, until the legs are ready for the relay.
@@ -611,6 +715,11 @@ impl Session<'_> {
                     return Err(self.ended_by_tls(e));
                 }
             };
+            // Whatever the initiator sent after <starttls/> while xmpptap waited for <proceed/> and did the
+            // upstream handshake has arrived by now: refuse it before TLS rather than take it for a ClientHello.
+            if let Err(e) = stray_before_proceed(&mut ini).await {
+                return Err(self.abort(&mut ini, &mut rec, e, false).await);
+            }
             if let Err(e) = self.send(&mut ini, &proceed).await {
                 return Err(self.ended_after(e));
             }
@@ -1103,7 +1212,9 @@ async fn sniff_client_hello(tcp: &TcpStream, timeout: Duration) -> bool {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
             Ok(Ok(_)) if first[0] != 0x16 => return false,
             Ok(Ok(n)) if n >= 2 => return first[1] == 0x03,
-            // One byte so far: peek returns at once until the second arrives, so wait a little.
+            // One byte so far: peek returns at once until the second arrives, so wait a little. The timeout
+            // above never fires for a ready peek: without this check, a lone 0x16 would hold the session forever.
+            Ok(Ok(_)) if tokio::time::Instant::now() >= deadline => return false,
             Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
@@ -1141,6 +1252,16 @@ fn tolerate_after(ini: &mut Leg<Transport>, element: &'static str) -> Result<(),
         element,
         len: ini.buf.len(),
     })
+}
+
+/// Reads what the initiator has already sent, without waiting, and applies [`tolerate_after`] to it. An honest
+/// initiator sends nothing between `<starttls/>` and the `<proceed/>` it has not received yet.
+async fn stray_before_proceed(ini: &mut Leg<Transport>) -> Result<(), SessionError> {
+    // A zero timeout polls the read once: it takes what is there and never waits. `fill` is cancel-safe.
+    if let Ok(read) = tokio::time::timeout(Duration::ZERO, ini.fill()).await {
+        read?;
+    }
+    tolerate_after(ini, "starttls")
 }
 
 /// A short description of a frame for error messages: its start tag, cut to a readable length.

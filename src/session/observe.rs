@@ -28,6 +28,9 @@ pub struct Observer {
     /// Top-level elements seen (stream-level elements included, whitespace not).
     pub stanzas: u64,
     sm_index: std::sync::Arc<SmIndex>,
+    /// Whether every stanza is logged at debug level, asked once: the filter does not change while a
+    /// connection lives, and asking per stanza costs more than relaying it.
+    debug: bool,
 }
 
 impl Observer {
@@ -42,6 +45,7 @@ impl Observer {
             streams: 0,
             stanzas: 0,
             sm_index,
+            debug: tracing::enabled!(tracing::Level::DEBUG),
         }
     }
 
@@ -73,11 +77,22 @@ impl Observer {
             }
             FrameKind::Stanza => {
                 self.stanzas += 1;
-                if self.tap.enabled() || tracing::enabled!(tracing::Level::DEBUG) {
+                if self.debug || self.tap.enabled() {
                     let kind = self.classify(frame, bytes);
                     self.emit(kind);
                 }
             }
+        }
+    }
+
+    /// [`Self::frame`] for the frame at `offset` in `chunk`, which the relay is about to forward: an ordinary
+    /// stanza nobody listens to is only counted, without taking a reference to its bytes (an atomic increment
+    /// and decrement per stanza otherwise).
+    pub fn frame_in(&mut self, frame: &Frame, chunk: &Bytes, offset: usize) {
+        match frame.kind {
+            FrameKind::Whitespace => {}
+            FrameKind::Stanza if !self.debug && !self.tap.enabled() => self.stanzas += 1,
+            _ => self.frame(frame, &chunk.slice(offset..offset + frame.len)),
         }
     }
 

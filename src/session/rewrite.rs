@@ -36,13 +36,17 @@ impl Rewriter {
 
     /// The bytes to send down instead of `bytes` if this frame is a features element that loses something;
     /// `None` forwards the original. `obs` is the downstream observer (its stream header resolves prefixes).
-    pub fn features(&self, frame: &Frame, bytes: &Bytes, obs: &Observer) -> Option<Bytes> {
+    pub fn features(&self, frame: &Frame, bytes: &[u8], obs: &Observer) -> Option<Bytes> {
         if frame.kind != FrameKind::Stanza {
             return None;
         }
         let tag = &bytes[frame.head.clone()];
-        // Cheap filter on the hot path: only a start tag naming "features" is worth parsing.
-        if !tag.windows(8).any(|w| w == b"features") {
+        // Cheap filter on the hot path: only an element whose name ends in "features" is worth parsing.
+        let name_end = tag
+            .iter()
+            .position(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>'))
+            .unwrap_or(tag.len());
+        if !tag[..name_end].ends_with(b"features") {
             return None;
         }
         let stream = obs.header.as_ref()?;

@@ -84,7 +84,17 @@ pub struct Pair {
 impl Pair {
     /// The `from->to` text, or `None` when neither is known.
     pub fn text(&self) -> Option<String> {
-        (self.from.is_some() || self.to.is_some()).then(|| self.to_string())
+        if self.from.is_none() && self.to.is_none() {
+            return None;
+        }
+        // Built by hand rather than through `Display`: this runs for every stanza of the transcript.
+        let from = self.from.as_deref().unwrap_or("?");
+        let to = self.to.as_deref().unwrap_or("?");
+        let mut text = String::with_capacity(from.len() + 2 + to.len());
+        text.push_str(from);
+        text.push_str("->");
+        text.push_str(to);
+        Some(text)
     }
 
     /// Parses `a.test->b.test`.

@@ -305,6 +305,35 @@ pub enum EventKind {
     TlsSecrets { line: String },
 }
 
+impl EventKind {
+    /// The bytes of wire data this event holds (its `xml` or `bytes`), which the tap's byte budget counts.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            EventKind::StreamOpened { xml, .. }
+            | EventKind::Features { xml, .. }
+            | EventKind::Rewrite { xml, .. }
+            | EventKind::Sasl { xml, .. }
+            | EventKind::Sm { xml, .. }
+            | EventKind::Starttls { xml }
+            | EventKind::Proceed { xml }
+            | EventKind::Stanza { xml, .. }
+            | EventKind::Dialback { xml, .. }
+            | EventKind::StreamError { xml, .. } => xml.0.len(),
+            EventKind::Data { bytes, .. } | EventKind::RawData { bytes, .. } => bytes.0.len(),
+            EventKind::Accepted { .. }
+            | EventKind::UpstreamConnected { .. }
+            | EventKind::UpstreamFailed { .. }
+            | EventKind::TlsEstablished { .. }
+            | EventKind::TlsFailed { .. }
+            | EventKind::StreamClosed { .. }
+            | EventKind::ProtocolError { .. }
+            | EventKind::Closed { .. }
+            | EventKind::TapDropped { .. }
+            | EventKind::TlsSecrets { .. } => 0,
+        }
+    }
+}
+
 /// The original bytes of a frame, serialized as a string. Frames are checked to be UTF-8 by the framer; anything
 /// else is shown lossily rather than failing the transcript.
 #[derive(Clone, Debug)]
@@ -324,11 +353,38 @@ const RFC3339_MICROS: &[time::format_description::BorrowedFormatItem<'static>] =
 );
 
 fn rfc3339_micros<S: Serializer>(ts: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
-    let utc = ts.to_offset(time::UtcOffset::UTC);
-    match utc.format(RFC3339_MICROS) {
-        Ok(text) => s.serialize_str(&text),
-        Err(e) => Err(serde::ser::Error::custom(e)),
+    match rfc3339_micros_bytes(ts) {
+        // Only ASCII digits and separators.
+        Some(text) => s.serialize_str(std::str::from_utf8(&text).unwrap_or_default()),
+        // Not representable in four digits: let the time crate say so.
+        None => match ts.to_offset(time::UtcOffset::UTC).format(RFC3339_MICROS) {
+            Ok(text) => s.serialize_str(&text),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        },
     }
+}
+
+/// `ts` as RFC 3339 in UTC with microseconds (`2026-11-22T02:55:37.424607Z`), written by hand into a stack
+/// buffer: formatting through the time crate allocates and costs more than the rest of a stanza's record.
+/// `None` for years outside 0-9999.
+pub(super) fn rfc3339_micros_bytes(ts: &OffsetDateTime) -> Option<[u8; 27]> {
+    let utc = ts.to_offset(time::UtcOffset::UTC);
+    let year = u32::try_from(utc.year()).ok().filter(|y| *y <= 9999)?;
+    let mut buf = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |at: usize, width: usize, mut value: u32| {
+        for i in (at..at + width).rev() {
+            buf[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, u32::from(u8::from(utc.month())));
+    put(8, 2, u32::from(utc.day()));
+    put(11, 2, u32::from(utc.hour()));
+    put(14, 2, u32::from(utc.minute()));
+    put(17, 2, u32::from(utc.second()));
+    put(20, 6, utc.microsecond());
+    Some(buf)
 }
 
 /// One feature xmpptap removed from what the initiator sees.
@@ -338,4 +394,28 @@ pub struct RemovedFeature {
     pub what: String,
     /// Why.
     pub why: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_with_microseconds() {
+        for (unix_micros, expected) in [
+            (0_i64, "1970-01-01T00:00:00.000000Z"),
+            (1_795_316_137_424_607, "2026-11-22T02:55:37.424607Z"),
+            (253_402_300_799_999_999, "9999-12-31T23:59:59.999999Z"),
+        ] {
+            let ts = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_micros) * 1000)
+                .expect("in range");
+            let json = serde_json::to_string(&ReplyTo { conn: 1, ts }).expect("serializes");
+            assert_eq!(json, format!("{{\"conn\":1,\"ts\":\"{expected}\"}}"));
+            assert_eq!(
+                ts.format(RFC3339_MICROS).expect("formats"),
+                expected,
+                "same as the time crate"
+            );
+        }
+    }
 }

@@ -23,15 +23,22 @@ pub mod tcp;
 pub use event::{ClosedBy, Event, EventKind};
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// How many events may wait for the writer. At ~1 KiB per stanza event this bounds the transcript's memory to
-/// a few MiB. When the writer falls behind (a slow disk, a stalled `--log -` pipe), new events are dropped and
-/// counted rather than slowing the relay: a debugger that changes the timing of what it observes is worse than
-/// one that says "I missed 12 events here". The writer reports the count in a `tap_dropped` event.
+/// a few MiB ([`CHANNEL_BYTES`] bounds it for big stanzas). When the writer falls behind (a slow disk, a
+/// stalled `--log -` pipe), new events are dropped and counted rather than slowing the relay: a debugger that
+/// changes the timing of what it observes is worse than one that says "I missed 12 events here". The writer
+/// reports the count in a `tap_dropped` event.
 pub const CHANNEL_CAPACITY: usize = 8192;
+
+/// How many bytes of wire data (the `xml` of stanza events, the bytes of capture events) may wait for the
+/// writer, whatever the number of events: 8192 events of 256 KiB stanzas would otherwise hold 2 GiB. Events
+/// over the budget are dropped and counted like those over [`CHANNEL_CAPACITY`]. Events share the buffers the
+/// relay read into, so the memory they hold is about this budget, at most a small multiple of it.
+pub const CHANNEL_BYTES: usize = 32 * 1024 * 1024;
 
 /// A cheap, cloneable handle sessions emit events through.
 #[derive(Clone, Debug)]
@@ -43,6 +50,8 @@ pub struct Tap {
 struct Inner {
     tx: mpsc::Sender<Event>,
     dropped: Arc<AtomicU64>,
+    /// Payload bytes of the events in the channel, against [`CHANNEL_BYTES`].
+    queued_bytes: Arc<AtomicUsize>,
     wants_data: bool,
     wants_raw: bool,
 }
@@ -63,6 +72,7 @@ pub struct TapOptions {
 pub struct TapReceiver {
     rx: mpsc::Receiver<Event>,
     dropped: Arc<AtomicU64>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Tap {
@@ -75,13 +85,22 @@ impl Tap {
     pub fn channel(options: TapOptions) -> (Self, TapReceiver) {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let dropped = Arc::new(AtomicU64::new(0));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let inner = Inner {
             tx,
             dropped: dropped.clone(),
+            queued_bytes: queued_bytes.clone(),
             wants_data: options.data,
             wants_raw: options.raw,
         };
-        (Tap { inner: Some(inner) }, TapReceiver { rx, dropped })
+        (
+            Tap { inner: Some(inner) },
+            TapReceiver {
+                rx,
+                dropped,
+                queued_bytes,
+            },
+        )
     }
 
     /// Whether events are wanted at all. Callers check this before building costly events.
@@ -99,10 +118,14 @@ impl Tap {
         self.inner.as_ref().is_some_and(|inner| inner.wants_raw)
     }
 
-    /// Hands an event to the writer without waiting; counts it as dropped if the channel is full.
+    /// Hands an event to the writer without waiting; counts it as dropped if the channel is full or holds
+    /// [`CHANNEL_BYTES`] already.
     pub fn emit(&self, event: Event) {
         if let Some(inner) = &self.inner {
-            if inner.tx.try_send(event).is_err() {
+            let len = event.kind.payload_len();
+            let queued = inner.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            if (len > 0 && queued + len > CHANNEL_BYTES) || inner.tx.try_send(event).is_err() {
+                inner.queued_bytes.fetch_sub(len, Ordering::Relaxed);
                 inner.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -153,8 +176,11 @@ pub fn spawn_writer_with(
             while let Some(first) = rx.rx.blocking_recv() {
                 let mut next = Some(first);
                 while let Some(mut event) = next {
+                    let len = event.kind.payload_len();
                     stage.process(&mut event);
                     deliver(&mut sinks, &event);
+                    drop(event);
+                    rx.queued_bytes.fetch_sub(len, Ordering::Relaxed);
                     next = rx.rx.try_recv().ok();
                 }
                 let dropped = rx.dropped.load(Ordering::Relaxed);
@@ -183,4 +209,51 @@ fn deliver(sinks: &mut Vec<Box<dyn Sink>>, event: &Event) {
             false
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn stanza(len: usize) -> Event {
+        Event::now(
+            1,
+            None,
+            EventKind::Stanza {
+                name: String::from("message"),
+                ns: None,
+                kind: None,
+                id: None,
+                from: None,
+                to: None,
+                xml: event::Xml(Bytes::from(vec![b'x'; len])),
+            },
+        )
+    }
+
+    #[test]
+    fn events_over_the_byte_budget_are_dropped_and_counted() {
+        let (tap, mut rx) = Tap::channel(TapOptions::default());
+        let big = CHANNEL_BYTES / 4 + 1;
+        for _ in 0..4 {
+            tap.emit(stanza(big));
+        }
+        assert_eq!(tap.dropped(), 1, "the fourth would pass the budget");
+        // Events without wire data still get through.
+        tap.emit(Event::now(
+            1,
+            None,
+            EventKind::StreamClosed {
+                origin: event::Origin::Peer,
+            },
+        ));
+        assert_eq!(tap.dropped(), 1);
+        // Once the writer has taken some, there is room again.
+        let taken = rx.rx.try_recv().expect("an event");
+        rx.queued_bytes
+            .fetch_sub(taken.kind.payload_len(), Ordering::Relaxed);
+        tap.emit(stanza(big));
+        assert_eq!(tap.dropped(), 1);
+    }
 }

@@ -46,7 +46,6 @@ impl Stage {
             self.context.opened(conn, dir, &xml.0);
         }
         let redaction = self.redaction;
-        let header = self.context.header(conn, dir).cloned();
         let mut redacted = false;
         match &mut event.kind {
             EventKind::StreamOpened { .. } => {}
@@ -55,6 +54,7 @@ impl Stage {
                 outbound,
                 bytes,
             } => {
+                let header = self.context.header(conn, dir).cloned();
                 let stream = self.context.stream(conn, *leg, *outbound, false);
                 redacted |= replace(bytes, stream.chunk(&redaction, &bytes.0, header.as_ref()));
             }
@@ -63,6 +63,7 @@ impl Stage {
                 outbound,
                 bytes,
             } => {
+                let header = self.context.header(conn, dir).cloned();
                 let stream = self.context.stream(conn, *leg, *outbound, true);
                 redacted |= replace(bytes, stream.chunk(&redaction, &bytes.0, header.as_ref()));
             }
@@ -84,7 +85,11 @@ impl Stage {
             _ => {}
         }
         if let Some(xml) = element_xml(&mut event.kind) {
-            redacted |= replace(xml, redaction.apply_in(&xml.0, header.as_ref()));
+            let header = self.context.header(conn, dir);
+            // Most stanzas cannot hold a secret: they are not even read then.
+            if redaction.may_hide(&xml.0, header) {
+                redacted |= replace(xml, redaction.apply_in(&xml.0, header));
+            }
         }
         let mut notes = self.correlator.note(&record(event));
         notes.redacted = redacted || event.notes.redacted;

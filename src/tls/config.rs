@@ -271,7 +271,8 @@ fn webpki_verifier(
     Ok(verifier)
 }
 
-fn system_roots() -> Result<RootCertStore, TlsError> {
+/// The operating system's root certificates (rustls-native-certs); an error if none is usable.
+pub(crate) fn system_roots() -> Result<RootCertStore, TlsError> {
     let found = rustls_native_certs::load_native_certs();
     for error in &found.errors {
         tracing::warn!(%error, "while loading the system's root certificates");
@@ -288,7 +289,8 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-fn file_roots(path: &Path) -> Result<RootCertStore, TlsError> {
+/// The CA certificates in a PEM file; an error if it cannot be read or holds none rustls can use.
+pub(crate) fn file_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let pem = std::fs::read(path).map_err(|source| TlsError::CaFileRead {
         path: path.to_owned(),
         source,

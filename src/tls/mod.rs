@@ -27,7 +27,11 @@ mod verify;
 use std::path::PathBuf;
 
 pub use ca::{Ca, CaError, CaInfo};
+/// For `xmpptap probe`, which builds its own client configuration (it records the chain and judges it itself).
+pub(crate) use config::{file_roots, system_roots};
 pub use config::{TlsContext, UpstreamTrust};
+/// For `xmpptap probe`'s certificate chain description.
+pub(crate) use info::subject_alt_names;
 pub use info::{client_info, server_info, TlsInfo};
 
 /// What can go wrong building TLS configurations. Handshake failures are not here: they surface as I/O errors from

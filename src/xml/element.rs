@@ -206,6 +206,9 @@ pub struct ElementHead {
 impl ElementHead {
     /// Parses the start tag at the front of `tag` (a Stanza frame's `head` bytes, or the whole frame).
     pub fn parse(tag: &[u8], stream: &StreamHeader) -> Result<Self, ElementError> {
+        if let Some(head) = Self::parse_plain(tag, stream) {
+            return Ok(head);
+        }
         let mut reader = ns_reader(tag, Some(stream))?;
         let Root { tag: start, ns, .. } = first_element(&mut reader)?;
         let name = start.name();
@@ -229,6 +232,59 @@ impl ElementHead {
             }
         }
         Ok(head)
+    }
+
+    /// [`Self::parse`] for the usual stanza, without a namespace reader: an unprefixed element whose start tag
+    /// declares no namespace is in the stream's default namespace. `None` for anything else (a prefix, an
+    /// `xmlns` attribute, an attribute quick-xml rejects), which the namespace reader then reads.
+    fn parse_plain(tag: &[u8], stream: &StreamHeader) -> Option<Self> {
+        let text = std::str::from_utf8(tag).ok()?;
+        let inner = text.strip_prefix('<')?;
+        let end = inner.find('>')?;
+        // `<a ...>` or `<a .../>`: the content quick-xml's attribute reader expects is between `<` and `>`.
+        let content = &inner[..end];
+        let content = content.strip_suffix('/').unwrap_or(content);
+        let name_len = content
+            .find(|c: char| c.is_ascii_whitespace())
+            .unwrap_or(content.len());
+        let name = &content[..name_len];
+        if name.is_empty()
+            || name.contains(':')
+            || !name.starts_with(|c: char| c.is_alphabetic() || c == '_')
+        {
+            return None;
+        }
+        let start = BytesStart::from_content(content, name_len);
+        let mut head = ElementHead {
+            name: name.to_owned(),
+            local: name.to_owned(),
+            ns: stream.default_ns.clone(),
+            kind: None,
+            id: None,
+            from: None,
+            to: None,
+        };
+        // Duplicates are checked here, pairwise over the usual few attributes, rather than by quick-xml, whose
+        // check allocates.
+        let mut keys = [""; 8];
+        for (i, attribute) in start.attributes().with_checks(false).enumerate() {
+            let attribute = attribute.ok()?;
+            let key = attribute.key.0;
+            if i == keys.len() || keys[..i].contains(&key) {
+                return None;
+            }
+            keys[i] = key;
+            let slot = match attribute.key.0 {
+                "type" => &mut head.kind,
+                "id" => &mut head.id,
+                "from" => &mut head.from,
+                "to" => &mut head.to,
+                key if key == "xmlns" || key.starts_with("xmlns:") => return None,
+                _ => continue,
+            };
+            *slot = Some(value(&attribute).ok()?);
+        }
+        Some(head)
     }
 
     /// Whether this element is `local` in namespace `ns`.

@@ -828,4 +828,342 @@ mod tests {
         ));
         assert!(RewritePolicy::default().strips_nothing() && !STARTTLS.strips_nothing());
     }
+
+    // Property tests: `<stream:features>` generated at random from a fixed seed (the same ones on every run),
+    // with what each policy must remove known by construction, so the exact output is the oracle.
+
+    /// xorshift64: a fixed-seed generator, so a failure reproduces.
+    struct Prng(u64);
+
+    impl Prng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n.max(1) as u64) as usize
+        }
+
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    /// A generated features frame: its bytes, the bytes that must remain, and the `what` of each removal.
+    #[derive(Default)]
+    struct GeneratedFeatures {
+        input: String,
+        output: String,
+        removed: Vec<String>,
+    }
+
+    impl GeneratedFeatures {
+        /// Appends `text` to the input, and to the output unless it goes.
+        fn push(&mut self, text: &str, goes: bool) {
+            self.input.push_str(text);
+            if !goes {
+                self.output.push_str(text);
+            }
+        }
+    }
+
+    /// A mechanism name as written (spaces, a character reference or CDATA perhaps), and the name it reads as.
+    fn gen_mechanism(rng: &mut Prng) -> (String, String) {
+        let name = rng.pick(&[
+            "SCRAM-SHA-1",
+            "SCRAM-SHA-1-PLUS",
+            "SCRAM-SHA-256-PLUS",
+            "SCRAM-SHA-256",
+            "PLAIN",
+            "EXTERNAL",
+            "external",
+            "scram-sha-512-plus",
+            "X-OAUTH2",
+            "PLUS",
+        ]);
+        let written = match rng.below(6) {
+            0 => format!(" {name}\n"),
+            1 if name.contains('P') => name.replacen('P', "&#80;", 1),
+            2 => format!("<![CDATA[{name}]]>"),
+            _ => name.to_owned(),
+        };
+        (written, name.to_owned())
+    }
+
+    /// What a mechanism named `name` is removed for under `policy`, as [`mechanism_verdict`] decides.
+    fn mechanism_goes(name: &str, policy: &RewritePolicy) -> bool {
+        let upper = name.to_ascii_uppercase();
+        (policy.strip_channel_binding && upper.ends_with("-PLUS"))
+            || (policy.strip_external && upper == "EXTERNAL")
+    }
+
+    /// A mechanism list (SASL `<mechanisms>` or SASL2 `<authentication>`), with `indent` before it.
+    fn gen_mechanism_list(
+        rng: &mut Prng,
+        policy: &RewritePolicy,
+        indent: &str,
+        inner: &str,
+        out: &mut GeneratedFeatures,
+    ) {
+        let sasl2 = rng.chance(30);
+        let (open, close, label, element, prefix) = if sasl2 {
+            (
+                "<authentication xmlns='urn:xmpp:sasl:2'>".to_owned(),
+                "</authentication>",
+                "SASL2",
+                "<authentication>",
+                "",
+            )
+        } else if rng.chance(30) {
+            (
+                "<sasl:mechanisms xmlns:sasl=\"urn:ietf:params:xml:ns:xmpp-sasl\">".to_owned(),
+                "</sasl:mechanisms>",
+                "SASL",
+                "<mechanisms>",
+                "sasl:",
+            )
+        } else {
+            (
+                "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>".to_owned(),
+                "</mechanisms>",
+                "SASL",
+                "<mechanisms>",
+                "",
+            )
+        };
+        let strips = policy.strip_channel_binding || policy.strip_external;
+        // Children: (indentation + element, goes, what).
+        let mut children: Vec<(String, bool, Option<String>)> = Vec::new();
+        let mut total = 0;
+        for _ in 0..rng.below(6) {
+            match rng.below(8) {
+                0 => children.push((format!("{inner}<{prefix}mechanism/>"), false, None)),
+                1 => children.push((format!("{inner}<other>EXTERNAL</other>"), false, None)),
+                2 if sasl2 => children.push((
+                    format!("{inner}<inline><sm xmlns='urn:xmpp:sm:3'/></inline>"),
+                    false,
+                    None,
+                )),
+                _ => {
+                    let (written, name) = gen_mechanism(rng);
+                    let goes = strips && mechanism_goes(&name, policy);
+                    let what = format!("{label} mechanism {}", name.trim());
+                    children.push((
+                        format!("{inner}<{prefix}mechanism>{written}</{prefix}mechanism>"),
+                        goes,
+                        goes.then_some(what),
+                    ));
+                }
+            }
+            if children.last().is_some_and(|c| c.0.contains("mechanism")) {
+                total += 1;
+            }
+        }
+        let gone = children.iter().filter(|c| c.1).count();
+        let all_gone = gone > 0 && gone == total;
+        out.push(indent, all_gone);
+        out.push(&open, all_gone);
+        for (child, goes, what) in children {
+            out.push(&child, all_gone || goes);
+            out.removed.extend(what);
+        }
+        out.push(&format!("{indent}{close}"), all_gone);
+        if all_gone {
+            out.removed.push(format!("{label} {element}"));
+        }
+    }
+
+    /// A whole `<stream:features>` under a header that binds `tls` when `tls_prefix`, with what `policy`
+    /// removes from it.
+    fn gen_features(rng: &mut Prng, policy: &RewritePolicy, tls_prefix: bool) -> GeneratedFeatures {
+        let mut out = GeneratedFeatures::default();
+        let pretty = rng.chance(40);
+        let (indent, inner) = if pretty { ("\n  ", "\n    ") } else { ("", "") };
+        out.push("<stream:features>", false);
+        for _ in 0..rng.below(7) {
+            match rng.below(10) {
+                0 | 1 => gen_mechanism_list(rng, policy, indent, inner, &mut out),
+                2 => {
+                    let required = rng.chance(50);
+                    let body = if required { "<required/>" } else { "" };
+                    let element = if tls_prefix && rng.chance(50) {
+                        if required {
+                            "<tls:starttls><tls:required/></tls:starttls>".to_owned()
+                        } else {
+                            "<tls:starttls/>".to_owned()
+                        }
+                    } else {
+                        format!(
+                            "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>{body}</starttls>"
+                        )
+                    };
+                    let goes = policy.strip_starttls;
+                    out.push(&format!("{indent}{element}"), goes);
+                    if goes {
+                        out.removed.push(if required {
+                            "STARTTLS <starttls> (required)".to_owned()
+                        } else {
+                            "STARTTLS <starttls>".to_owned()
+                        });
+                    }
+                }
+                3 => {
+                    let goes = policy.strip_compression;
+                    out.push(
+                        &format!(
+                            "{indent}<compression xmlns='http://jabber.org/features/compress'>\
+                             <method>zlib</method></compression>"
+                        ),
+                        goes,
+                    );
+                    if goes {
+                        out.removed
+                            .push("stream compression <compression> (XEP-0138)".to_owned());
+                    }
+                }
+                4 => {
+                    let goes = policy.strip_channel_binding;
+                    out.push(
+                        &format!(
+                            "{indent}<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'>\
+                             <channel-binding type='tls-exporter'/></sasl-channel-binding>"
+                        ),
+                        goes,
+                    );
+                    if goes {
+                        out.removed.push(
+                            "channel-binding types <sasl-channel-binding> (XEP-0440)".to_owned(),
+                        );
+                    }
+                }
+                _ => {
+                    let kept = rng.pick(&[
+                        "<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>",
+                        "<bidi xmlns='urn:xmpp:features:bidi'/>",
+                        "<sm xmlns='urn:xmpp:sm:3'/>",
+                        "<starttls xmlns='urn:example:not-tls'/>",
+                        "<compression/>",
+                        "<mechanisms xmlns='urn:example'><mechanism>EXTERNAL</mechanism></mechanisms>",
+                        "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' ver='a&amp;b'/>",
+                    ]);
+                    out.push(&format!("{indent}{kept}"), false);
+                }
+            }
+        }
+        out.push(
+            &format!("{}</stream:features>", if pretty { "\n" } else { "" }),
+            false,
+        );
+        out
+    }
+
+    #[test]
+    fn generated_features_lose_exactly_what_the_policy_names() {
+        let mut rng = Prng(0xfea7_05e5_5eed_0001);
+        let headers: [(&[u8], bool); 4] = [
+            (PROSODY_C2S, false),
+            (PROSODY_S2S, false),
+            (DOUBLE_QUOTED_C2S, false),
+            (PREFIXED_TLS_S2S, true),
+        ];
+        let mut removals = 0;
+        for round in 0..2000 {
+            let policy = RewritePolicy {
+                strip_channel_binding: rng.chance(50),
+                strip_compression: rng.chance(50),
+                strip_external: rng.chance(50),
+                strip_starttls: rng.chance(50),
+            };
+            let (header, tls_prefix) = headers[rng.below(headers.len())];
+            let stream = StreamHeader::parse(header).unwrap_or_else(|e| panic!("{e}"));
+            let features = gen_features(&mut rng, &policy, tls_prefix);
+            let context = || format!("round {round}, {policy:?}: {:?}", features.input);
+            let got = rewrite_features(features.input.as_bytes(), &stream, &policy)
+                .unwrap_or_else(|e| panic!("{e}: {}", context()));
+            match got {
+                None => {
+                    assert!(
+                        features.removed.is_empty(),
+                        "nothing removed: {}",
+                        context()
+                    );
+                    assert_eq!(features.output, features.input, "{}", context());
+                }
+                Some((bytes, removed)) => {
+                    removals += removed.len();
+                    let text = String::from_utf8(bytes).unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(text, features.output, "{}", context());
+                    let whats: Vec<String> = removed.into_iter().map(|r| r.what).collect();
+                    assert_eq!(whats, features.removed, "{}", context());
+                    // What is left reads as features with nothing more to remove.
+                    let again = rewrite_features(text.as_bytes(), &stream, &policy)
+                        .unwrap_or_else(|e| panic!("{e}: output of {}", context()));
+                    assert!(again.is_none(), "removed twice: {}", context());
+                    assert!(
+                        Features::parse(text.as_bytes()).is_ok(),
+                        "output does not parse: {}",
+                        context()
+                    );
+                }
+            }
+        }
+        assert!(
+            removals > 1000,
+            "the generator removes too little: {removals}"
+        );
+    }
+
+    #[test]
+    fn malformed_features_never_panic() {
+        let mut rng = Prng(0x0bad_fea7_05e5_0002);
+        let stream = StreamHeader::parse(PREFIXED_TLS_S2S).unwrap_or_else(|e| panic!("{e}"));
+        let everything = RewritePolicy {
+            strip_channel_binding: true,
+            strip_compression: true,
+            strip_external: true,
+            strip_starttls: true,
+        };
+        let hostile: &[&[u8]] = &[
+            b"<",
+            b">",
+            b"</mechanism>",
+            b"</stream:features>",
+            b"<mechanism>",
+            b"&",
+            b"&#0;",
+            b"&bogus;",
+            b"\xff",
+            b"\xc3",
+            b"<![CDATA[",
+            b"]]>",
+            b"<!--",
+            b"xmlns:x='",
+            b"<x:y/>",
+            b"'",
+            b"/>",
+        ];
+        for _ in 0..3000 {
+            let mut input = gen_features(&mut rng, &everything, true).input.into_bytes();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(input.len() + 1);
+                match rng.below(3) {
+                    0 if at < input.len() => {
+                        input.remove(at);
+                    }
+                    1 => input.truncate(at),
+                    _ => {
+                        let snippet = hostile[rng.below(hostile.len())];
+                        input.splice(at..at, snippet.iter().copied());
+                    }
+                }
+            }
+            // Any answer but a panic; a rewrite only ever makes the frame shorter.
+            if let Ok(Some((bytes, removed))) = rewrite_features(&input, &stream, &everything) {
+                assert!(bytes.len() < input.len() && !removed.is_empty());
+            }
+        }
+    }
 }

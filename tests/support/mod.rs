@@ -26,6 +26,7 @@
 //! - 70: `interception.rs`
 //! - 90: `examples/federation_demo.rs`
 //! - 100: `hostile.rs`
+//! - 110: `probe.rs`
 //! - 120: `soak.rs`
 //!
 //! `<test>` numbers the tests inside a file (from 1). `<host>` by convention: 2 and 3 the first

@@ -25,6 +25,11 @@ pub struct Xmpptap {
 impl Xmpptap {
     /// Starts `xmpptap proxy ARGS...` with a fresh working directory and waits until it listens.
     pub async fn start(args: &[String]) -> Xmpptap {
+        Self::start_with_env(args, &[]).await
+    }
+
+    /// [`Xmpptap::start`] with extra environment variables for the child.
+    pub async fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Xmpptap {
         let dir = std::env::temp_dir().join(format!(
             "xmpptap-test-{}-{}",
             std::process::id(),
@@ -39,6 +44,7 @@ impl Xmpptap {
             .arg("--ca-dir")
             .arg(dir.join("ca"))
             .env("RUST_LOG", "xmpptap=debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -134,10 +140,12 @@ impl Xmpptap {
         self.stderr.lock().expect("stderr lock").join("\n")
     }
 
-    /// The transcript so far, one JSON value per line.
+    /// The transcript so far, one JSON value per line. A last line still being written is left out.
     pub fn transcript(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.join("transcript.jsonl")).unwrap_or_default();
-        text.lines()
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
             .map(|line| {
                 serde_json::from_str(line)
                     .unwrap_or_else(|e| panic!("transcript line {line:?}: {e}"))
