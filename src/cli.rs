@@ -32,11 +32,13 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Intercept server-to-server streams (port 5269) and transcribe them.
+    /// Intercept XMPP streams, server-to-server and client-to-server, STARTTLS or Direct TLS, and transcribe
+    /// them.
     ///
     /// Each initiating server's stream goes to the domain in its stream header's `to`: a --route for that
     /// domain wins, else --upstream, else DNS SRV `_xmpps-server._tcp.DOMAIN` (Direct TLS) and
-    /// `_xmpp-server._tcp.DOMAIN` ordered together (XEP-0368), then A/AAAA on 5269.
+    /// `_xmpp-server._tcp.DOMAIN` ordered together (XEP-0368), then A/AAAA on 5269. Client streams do the
+    /// same with --c2s-route, --c2s-upstream and the `-client` SRV records (A/AAAA on 5222).
     /// Point the initiating servers at xmpptap (DNS/SRV, or their own static routes) and make them trust the
     /// CA printed by `xmpptap ca export`, or disable certificate checks for S2S on them.
     ///
