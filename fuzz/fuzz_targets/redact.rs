@@ -9,7 +9,9 @@
 //! - For every frame the framer cut (each alone, with the stream header it came under, and all of them
 //!   together as one fragment): the output has the same length; it tokenizes as the input did, into the same
 //!   elements with the same attribute names in the same order (text and references may have become marker
-//!   text, attribute values markers); and every byte that changed is a marker byte.
+//!   text, attribute values markers); every byte that changed is a marker byte; and `Redaction::may_hide`,
+//!   which the transcript asks first to skip fragments without secrets, never rules out one that `apply_in`
+//!   masks.
 
 #![no_main]
 
@@ -79,6 +81,12 @@ fn check(redaction: &Redaction, xml: &[u8], stream: Option<&StreamHeader>) {
     let Some(out) = redaction.apply_in(xml, stream) else {
         return;
     };
+    // The transcript skips fragments `may_hide` rules out: it must never rule out one with a secret.
+    assert!(
+        redaction.may_hide(xml, stream),
+        "may_hide says no, apply_in masks: {:?} under {redaction:?}",
+        String::from_utf8_lossy(xml)
+    );
     let text = String::from_utf8_lossy(xml);
     let out_text = String::from_utf8_lossy(&out);
     assert_eq!(
