@@ -1116,15 +1116,17 @@ async fn thousand_connections(t: &Target<'_>) {
                 e["event"] == "closed" && e["conn"].as_u64().is_some_and(|c| conns.contains_key(&c))
             })
             .collect();
-        if conns.len() == N && closes.len() == N {
-            for close in closes {
-                assert_eq!(close["by"], "initiator", "{close}");
+        // Matching by peer address can also catch a later connection that reused one of those ports (the
+        // federation's own): count the closes that look like the flood's, and want at least N of each.
+        let flood_closes = closes
+            .iter()
+            .filter(|close| {
                 let reason = close["reason"].as_str().unwrap_or_default();
-                assert!(
-                    reason.contains("stream header") || reason.contains("middle of an element"),
-                    "{close}"
-                );
-            }
+                close["by"] == "initiator"
+                    && (reason.contains("stream header") || reason.contains("middle of an element"))
+            })
+            .count();
+        if conns.len() >= N && flood_closes >= N {
             break;
         }
         assert!(
