@@ -1418,7 +1418,7 @@ impl Bench {
             middle.stop();
         }
         if let Some(log) = log {
-            measured.note = transcript_note(&log, echoed)?;
+            measured.note = transcript_note(&log)?;
             if !args.keep {
                 let _ = std::fs::remove_file(&log);
             }
@@ -1513,7 +1513,7 @@ impl Bench {
 }
 
 /// Counts the records of a JSON Lines transcript and the events it says were dropped.
-fn transcript_note(path: &Path, echoed: u64) -> anyhow::Result<String> {
+fn transcript_note(path: &Path) -> anyhow::Result<String> {
     use std::io::BufRead as _;
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let bytes = file.metadata()?.len();
@@ -1533,7 +1533,6 @@ fn transcript_note(path: &Path, echoed: u64) -> anyhow::Result<String> {
             dropped += count;
         }
     }
-    let _ = echoed;
     Ok(format!(
         "[transcript: {records} records, {stanzas} stanza events, {:.0} MB, {dropped} events dropped]",
         bytes as f64 / 1e6

@@ -3,6 +3,9 @@
 use crate::side::Side;
 use crate::xml::framer::{Frame, Framer, Limits};
 use bytes::{Bytes, BytesMut};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use super::SessionError;
@@ -69,20 +72,27 @@ impl<IO: AsyncRead + Unpin> Leg<IO> {
     /// stream in the middle of a frame is [`SessionError::Truncated`]. Cancel-safe (a single read, whose bytes
     /// are in `buf` when it returns).
     ///
-    /// Between frames (`buf` empty, the usual state of an idle connection) the leg holds no buffer while it
-    /// waits: the read goes to a scratch buffer on the stack of the poll, and only what arrived is kept. An idle
-    /// connection then costs no read buffers, for one copy of each read on a busy one.
+    /// Between frames (`buf` empty, the usual state of an idle connection) the read goes to a scratch buffer on
+    /// the stack of the poll and what arrived is copied into `buf`; when nothing has arrived, `buf` lets go of
+    /// its allocation before the leg waits. An idle connection then holds no read buffer, for one copy of each
+    /// read on a busy one.
     pub async fn fill(&mut self) -> Result<usize, SessionError> {
         let read = if self.buf.is_empty() {
-            // Also lets go of the allocation the last batch was cut from.
-            self.buf = BytesMut::new();
             let (io, buf) = (&mut self.io, &mut self.buf);
             std::future::poll_fn(|cx| {
-                let mut scratch = [0u8; READ_CHUNK];
-                let mut read = ReadBuf::new(&mut scratch);
-                std::task::ready!(std::pin::Pin::new(&mut *io).poll_read(cx, &mut read))?;
-                buf.extend_from_slice(read.filled());
-                std::task::Poll::Ready(Ok(read.filled().len()))
+                let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut read = ReadBuf::uninit(&mut scratch);
+                match Pin::new(&mut *io).poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) => {
+                        buf.extend_from_slice(read.filled());
+                        Poll::Ready(Ok(read.filled().len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        *buf = BytesMut::new();
+                        Poll::Pending
+                    }
+                }
             })
             .await
         } else {

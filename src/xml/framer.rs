@@ -909,7 +909,7 @@ fn predefined_reference(w: &[u8], at: usize) -> Option<usize> {
 /// a control character. Returns the position of the first byte that does, or where fewer than eight bytes are
 /// left. SWAR: a byte below `n` is flagged when subtracting `n` from it borrows into its high bit; the lowest
 /// flag is always exact.
-fn skip_plain(w: &[u8], mut i: usize, stop: u8) -> usize {
+fn skip_plain(w: &[u8], mut i: usize, stop: u8, seen: &mut u8) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
@@ -917,6 +917,8 @@ fn skip_plain(w: &[u8], mut i: usize, stop: u8) -> usize {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let x = u64::from_le_bytes(word);
+        // Any high bit (a non-ASCII byte) goes into `seen`.
+        *seen |= u8::from((x & HIGH) != 0) << 7;
         let flagged = below(x ^ (ONES * u64::from(stop)), 1)
             | below(x ^ (ONES * u64::from(b'<')), 1)
             | below(x ^ (ONES * u64::from(b'&')), 1)
@@ -932,10 +934,12 @@ fn skip_plain(w: &[u8], mut i: usize, stop: u8) -> usize {
 /// The end of the character data starting at `at`: the position of the next `<`. `None` for anything the fast
 /// path leaves to quick-xml: a reference other than the predefined ones, a control character, the end of the
 /// window.
-fn plain_text(w: &[u8], mut i: usize) -> Option<usize> {
+fn plain_text(w: &[u8], mut i: usize, seen: &mut u8) -> Option<usize> {
     loop {
-        i = skip_plain(w, i, b'<');
-        match *w.get(i)? {
+        i = skip_plain(w, i, b'<', seen);
+        let b = *w.get(i)?;
+        *seen |= b;
+        match b {
             b'<' => return Some(i),
             b'&' => i += predefined_reference(w, i)?,
             b if b < 0x20 && !is_xml_space(b) => return None,
@@ -946,10 +950,12 @@ fn plain_text(w: &[u8], mut i: usize) -> Option<usize> {
 
 /// The end of the attribute value starting at `i`, closed by `quote`: the position of the quote. `None` for
 /// what [`plain_text`] leaves to quick-xml, and for `<`.
-fn plain_value(w: &[u8], mut i: usize, quote: u8) -> Option<usize> {
+fn plain_value(w: &[u8], mut i: usize, quote: u8, seen: &mut u8) -> Option<usize> {
     loop {
-        i = skip_plain(w, i, quote);
-        match *w.get(i)? {
+        i = skip_plain(w, i, quote, seen);
+        let b = *w.get(i)?;
+        *seen |= b;
+        match b {
             b if b == quote => return Some(i),
             b'<' => return None,
             b'&' => i += predefined_reference(w, i)?,
@@ -971,6 +977,8 @@ fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
     let mut open = [(0usize, 0usize); FAST_DEPTH];
     let mut depth: usize = 0;
     let mut head_end = 0;
+    // The OR of the bytes of text and attribute values: whether UTF-8 must be checked.
+    let mut seen = 0u8;
     let mut i = 0;
     loop {
         // At a `<`.
@@ -1023,7 +1031,7 @@ fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
                 }
                 keys[count] = (j, key_end);
                 count += 1;
-                j = plain_value(w, key_end + 2, quote)? + 1;
+                j = plain_value(w, key_end + 2, quote, &mut seen)? + 1;
             };
             i = j + 1;
             if depth == 0 {
@@ -1035,8 +1043,11 @@ fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
             }
         }
         if depth == 0 {
-            // The frame is complete: it must fit the limit and be UTF-8 (all markup above is ASCII).
-            if i > limits.max_stanza_bytes || std::str::from_utf8(&w[..i]).is_err() {
+            // The frame is complete: it must fit the limit and be UTF-8. Names and markup are ASCII, so only
+            // text and values with a byte above 0x7F need the check.
+            if i > limits.max_stanza_bytes
+                || (seen >= 0x80 && std::str::from_utf8(&w[..i]).is_err())
+            {
                 return None;
             }
             return Some(Frame {
@@ -1045,7 +1056,7 @@ fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
                 head: 0..head_end,
             });
         }
-        i = plain_text(w, i)?;
+        i = plain_text(w, i, &mut seen)?;
     }
 }
 
