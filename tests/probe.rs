@@ -1072,6 +1072,11 @@ async fn dns_srv_of_both_services_ordered_tried_in_order_with_fallback() {
 
     // Only an A record: the fallback on 5269, where nothing listens on that address.
     s.dns.add_a("fallback.test", s.ip(8));
+    assert!(
+        std::net::TcpStream::connect((s.ip(8), 5269)).is_err(),
+        "something listens on {}:5269 (a system Prosody on *:5269? `service prosody stop`)",
+        s.ip(8)
+    );
     let probe = Probe::run(
         &args(&[
             "s2s",
