@@ -408,6 +408,42 @@ pub struct ProxyArgs {
     /// Default 1000.
     #[arg(long, value_name = "N")]
     pub max_connections_per_domain: Option<usize>,
+
+    /// Fault-injection and rewrite rules (TOML, `[[rule]]` tables; see examples/rules/). Reloaded on SIGHUP
+    /// and through the control API (POST /rules/reload); a file that does not parse leaves the old rules in
+    /// force. Every action taken is a `rule` event in the transcript.
+    #[arg(long, value_name = "FILE", help_heading = "Rules, pings and control")]
+    pub rules: Option<PathBuf>,
+
+    /// Send an XEP-0199 ping every SECS on every established stream: S2S from the initiating to the
+    /// receiving domain, C2S to the server on the client's behalf. The answer (on the same stream or, for
+    /// S2S, on the reverse connection) is kept from the initiator; its round trip goes to the transcript
+    /// (`ping` events) and to /metrics. Not sent on streams with XEP-0198 stream management.
+    #[arg(long, value_name = "SECS", help_heading = "Rules, pings and control")]
+    pub ping_interval: Option<f64>,
+
+    /// Seconds after which an unanswered ping is reported as timed out. Default 10.
+    #[arg(long, value_name = "SECS", help_heading = "Rules, pings and control")]
+    pub ping_timeout: Option<f64>,
+
+    /// Serve the control API and Prometheus metrics (GET /metrics) over HTTP on ADDR, e.g. 127.0.0.1:9269.
+    /// A non-loopback address is refused unless --control-token is set.
+    #[arg(long, value_name = "ADDR", help_heading = "Rules, pings and control")]
+    pub control: Option<SocketAddr>,
+
+    /// Bearer token the control API then requires (`Authorization: Bearer TOKEN`) on every request.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "XMPPTAP_CONTROL_TOKEN",
+        hide_env_values = true,
+        help_heading = "Rules, pings and control"
+    )]
+    pub control_token: Option<String>,
+
+    #[command(flatten)]
+    #[command(next_help_heading = "Federation policy")]
+    pub policy: crate::policy::PolicyArgs,
 }
 
 /// Parses `DOMAIN=[tls://]HOST:PORT`.

@@ -81,6 +81,13 @@ pub struct FileConfig {
     pub idle_timeout: Option<f64>,
     pub max_connections: Option<usize>,
     pub max_connections_per_domain: Option<usize>,
+    pub rules: Option<PathBuf>,
+    pub ping_interval: Option<f64>,
+    pub ping_timeout: Option<f64>,
+    pub control: Option<SocketAddr>,
+    pub control_token: Option<String>,
+    /// `[policy]`: mode, allow, block, rate_connections, rate_stanzas, rate_bytes, rate_exceeded.
+    pub policy: Option<crate::policy::FilePolicy>,
 }
 
 impl FileConfig {
@@ -166,6 +173,15 @@ pub struct ProxyConfig {
     pub pcapng_tls: Option<PathBuf>,
     pub connect: ConnectPolicy,
     pub limits: SessionLimits,
+    /// The rules file (`--rules`).
+    pub rules: Option<PathBuf>,
+    /// `--ping-interval` and `--ping-timeout`.
+    pub ping: Option<(Duration, Duration)>,
+    /// The control API's address and token.
+    pub control: Option<SocketAddr>,
+    pub control_token: Option<String>,
+    /// The federation policy.
+    pub policy: crate::policy::PolicyConfig,
 }
 
 impl ProxyConfig {
@@ -326,7 +342,32 @@ impl ProxyConfig {
                 "only one of log, pcap and pcapng_tls can be \"-\" (stdout)",
             ));
         }
+        let ping = match secs("ping_interval", args.ping_interval.or(file.ping_interval))? {
+            Some(interval) if !interval.is_zero() => {
+                let timeout = secs("ping_timeout", args.ping_timeout.or(file.ping_timeout))?
+                    .unwrap_or(Duration::from_secs(10));
+                Some((interval, timeout))
+            }
+            _ => None,
+        };
+        let control_token = args.control_token.clone().or(file.control_token);
+        let control = args.control.or(file.control);
+        if let Some(addr) = control {
+            crate::control::check_bind(addr, control_token.as_deref()).map_err(invalid)?;
+        }
+        let policy =
+            crate::policy::PolicyConfig::merge(&args.policy, file.policy).map_err(invalid)?;
+        let rules = args.rules.clone().or(file.rules);
+        if let Some(path) = &rules {
+            crate::rules::SharedRules::new(Some(path.clone()))
+                .map_err(|e| invalid(format!("{e:#}")))?;
+        }
         Ok(ProxyConfig {
+            rules,
+            ping,
+            control,
+            control_token,
+            policy,
             listeners,
             s2s_listen,
             default_domain: args.default_domain.clone().or(file.default_domain),

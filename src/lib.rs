@@ -27,13 +27,19 @@
 //! - [`show`]: `xmpptap show`, a transcript printed for people, and the live view of `--log -` on a terminal.
 //! - [`export`]: `xmpptap export`, a redacted copy of a transcript and a pcap built from it.
 //! - [`probe`]: `xmpptap probe s2s|c2s`: a server checked from outside as a peer reaches it, each phase timed.
+//! - [`control`]: the HTTP/JSON control API and `/metrics`: live connections, counters, closing, injecting, rules.
+//! - [`rules`]: fault-injection rules (delay, drop, rewrite, inject, ...): TOML data and a pure decision.
 //! - [`side`]: the names of the two peers ([`side::Side`]) and of the two directions ([`side::Direction`]).
+//! - [`policy`]: federation policy: which domains may use xmpptap, and per-domain rate limits.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod export;
 pub mod listen;
+pub mod policy;
 pub mod probe;
+pub mod rules;
 pub mod session;
 pub mod show;
 pub mod side;

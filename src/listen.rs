@@ -59,6 +59,16 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The rules file could not be read or parsed.
+    #[error("rules: {0}")]
+    Rules(String),
+    /// The control API's address could not be bound.
+    #[error("cannot serve the control API on {addr}: {source} (choose another --control address)")]
+    Control {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     /// A capture file (`--pcap`, `--pcapng-tls`) could not be created or written.
     #[error("cannot write capture {path}: {source}")]
     Capture {
@@ -155,7 +165,39 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         config.limits.max_connections,
         config.limits.max_connections_per_domain,
     );
+    let rules = Arc::new(
+        crate::rules::SharedRules::new(config.rules.clone())
+            .map_err(|e| RunError::Rules(format!("{e:#}")))?,
+    );
+    let control = crate::control::Control {
+        registry: Arc::default(),
+        metrics: Arc::default(),
+        rules: rules.clone(),
+        tap_dropped: {
+            let tap = tap.clone();
+            Arc::new(move || tap.dropped())
+        },
+        token: config.control_token.clone(),
+    };
+    let control_listener = match config.control {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Control { addr, source })?,
+        ),
+        None => None,
+    };
+    let steering = session::SteeringHandles {
+        registry: control.registry.clone(),
+        shared: session::SteerShared {
+            rules: rules.clone(),
+            pinger: Arc::default(),
+            policy: Arc::new(crate::policy::Policy::new(config.policy.clone())),
+            metrics: control.metrics.clone(),
+        },
+    };
     let ctx = Arc::new(Context {
+        steering,
         config,
         router: s2s_router,
         c2s_router,
@@ -183,6 +225,21 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
             shutdown.clone(),
         )));
     }
+    // After the XMPP listeners, whose "listening on" lines come first.
+    if let Some(listener) = control_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("listening on {addr} (control)");
+            tracing::info!("control API: curl http://{addr}/ (metrics at /metrics)");
+        }
+        let control = Arc::new(control);
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            if let Err(e) = crate::control::serve(control, listener, shutdown).await {
+                tracing::error!(error = %e, "the control API stopped");
+            }
+        });
+    }
+    sessions.spawn(reload_on_sighup(rules, shutdown.clone()));
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     for task in accept_loops {
@@ -202,6 +259,24 @@ pub async fn run(config: ProxyConfig, shutdown: CancellationToken) -> Result<(),
         let _ = tokio::time::timeout(Duration::from_secs(2), joined).await;
     }
     Ok(())
+}
+
+/// Reloads the rules file on SIGHUP; a file that does not parse leaves the old rules in force.
+async fn reload_on_sighup(rules: Arc<crate::rules::SharedRules>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: rules reload only through the control API");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(()) = hangups.recv() => match rules.reload() {
+                Ok(count) => tracing::info!(rules = count, "SIGHUP: rules reloaded"),
+                Err(e) => tracing::error!("SIGHUP: rules not reloaded, the old ones stay: {e:#}"),
+            },
+        }
+    }
 }
 
 /// File descriptors a connection takes: the initiator's socket and the upstream one.

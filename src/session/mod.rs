@@ -31,11 +31,14 @@
 pub mod admission;
 mod leg;
 pub mod observe;
+pub mod ping;
 mod relay;
 mod rewrite;
+mod steer;
 mod transport;
 
 use crate::config::{Listener, ListenerKind, ProxyConfig};
+use crate::control::registry::{ConnHandle, Registry};
 use crate::side::{Direction, Side};
 use crate::tap::event::{Origin, Xml};
 use crate::tap::{ClosedBy, Event, EventKind, Tap};
@@ -53,6 +56,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+pub use steer::Shared as SteerShared;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +86,17 @@ pub struct Context {
     pub sm_index: Arc<observe::SmIndex>,
     /// Connection counts against `--max-connections` and `--max-connections-per-domain`.
     pub admission: Admission,
+    /// Rules, pings, policy and metrics the relay steers with, and the registry the control API reads.
+    pub steering: SteeringHandles,
+}
+
+/// The shared handles of [`Context::steering`].
+#[derive(Clone, Debug)]
+pub struct SteeringHandles {
+    /// Live connections, for the control API.
+    pub registry: Arc<Registry>,
+    /// What every relay direction consults.
+    pub shared: SteerShared,
 }
 
 impl std::fmt::Debug for Context {
@@ -190,6 +205,29 @@ pub enum SessionError {
     /// xmpptap is shutting down.
     #[error("xmpptap is shutting down")]
     Shutdown,
+    /// A `close` rule ended the stream of the side that sent the element it matched.
+    #[error("rule '{rule}' closed the stream of the {side} with <{condition}/>")]
+    Rule {
+        rule: String,
+        side: Side,
+        condition: &'static str,
+        text: Option<String>,
+    },
+    /// A `cut_after` rule's limit was reached: both connections end without a word.
+    #[error("rule '{rule}' cut the connection after {after}")]
+    Cut { rule: String, after: String },
+    /// A `reset` rule: both connections get a TCP RST.
+    #[error("rule '{rule}' reset the connection")]
+    Reset { rule: String },
+    /// The control API closed the connection; both sides get the condition, or a clean close without one.
+    #[error("closed through the control API")]
+    ControlClose {
+        condition: Option<&'static str>,
+        text: Option<String>,
+    },
+    /// The federation policy refused the initiator's domain or its traffic.
+    #[error("{reason}")]
+    Policy { reason: String },
 }
 
 impl SessionError {
@@ -206,10 +244,17 @@ impl SessionError {
             | SessionError::BytesBeforeTls { side, .. }
             | SessionError::Slow { side, .. }
             | SessionError::Stalled { side, .. } => Some(*side),
+            SessionError::Rule { side, .. } => Some(*side),
             SessionError::NoDomain
             | SessionError::TlsRequired { .. }
-            | SessionError::OverLimit(_) => Some(Side::Initiator),
-            SessionError::Connect(_) | SessionError::Shutdown | SessionError::Idle { .. } => None,
+            | SessionError::OverLimit(_)
+            | SessionError::Policy { .. } => Some(Side::Initiator),
+            SessionError::Connect(_)
+            | SessionError::Shutdown
+            | SessionError::Idle { .. }
+            | SessionError::Cut { .. }
+            | SessionError::Reset { .. }
+            | SessionError::ControlClose { .. } => None,
         }
     }
 
@@ -226,15 +271,32 @@ impl SessionError {
             | SessionError::Slow { .. }
             | SessionError::Stalled { .. } => Some("connection-timeout"),
             SessionError::NoDomain => Some("host-unknown"),
-            SessionError::TlsRequired { .. } | SessionError::OverLimit(_) => {
-                Some("policy-violation")
-            }
+            SessionError::TlsRequired { .. }
+            | SessionError::OverLimit(_)
+            | SessionError::Policy { .. } => Some("policy-violation"),
+            SessionError::Rule { condition, .. } => Some(condition),
+            SessionError::ControlClose { condition, .. } => *condition,
             SessionError::Connect(e) => Some(connect_condition(e)),
             SessionError::Shutdown => Some("system-shutdown"),
             SessionError::Truncated { .. }
             | SessionError::Closed { .. }
             | SessionError::Io { .. }
-            | SessionError::Tls { .. } => None,
+            | SessionError::Tls { .. }
+            | SessionError::Cut { .. }
+            | SessionError::Reset { .. } => None,
+        }
+    }
+
+    /// The `<text/>` of the stream error: what the rule or the control API asked for, else the error itself.
+    fn text(&self) -> String {
+        match self {
+            SessionError::Rule {
+                text: Some(text), ..
+            }
+            | SessionError::ControlClose {
+                text: Some(text), ..
+            } => text.clone(),
+            _ => self.to_string(),
         }
     }
 }
@@ -277,8 +339,15 @@ pub async fn serve(ctx: Arc<Context>, accepted: Accepted, shutdown: Cancellation
             local: accepted.local,
         },
     ));
+    let kind = match accepted.listener.kind {
+        ListenerKind::S2s => "s2s",
+        ListenerKind::C2s => "c2s",
+    };
+    ctx.steering.shared.metrics.connection_opened(kind);
     let mut session = Session {
         ctx: &ctx,
+        entry: ctx.steering.registry.open(conn, kind, accepted.peer),
+        rule_state: Default::default(),
         listener: accepted.listener,
         rewriter: Rewriter::new(&ctx.config, accepted.listener.kind),
         conn,
@@ -339,7 +408,7 @@ fn last_words(error: &SessionError) -> (Vec<u8>, Vec<u8>) {
     let Some(condition) = error.condition() else {
         return (close.clone(), close);
     };
-    let words = element::stream_error(condition, Some(&error.to_string()));
+    let words = element::stream_error(condition, Some(&error.text()));
     match error.culprit() {
         Some(Side::Initiator) => (words, close),
         Some(Side::Receiver) => (close, words),
@@ -361,6 +430,10 @@ fn record_protocol_error(up: &Observer, down: &Observer, error: &SessionError) {
 /// The state of one session while it negotiates.
 struct Session<'a> {
     ctx: &'a Context,
+    /// This connection in the control API's registry (leaves it when the session ends).
+    entry: ConnHandle,
+    /// What the rules counted during negotiation, [up, down]; the relay goes on from there.
+    rule_state: [crate::rules::RuleState; 2],
     /// The listener the initiator came in on.
     listener: Listener,
     /// What the initiator may not see of the receiver's features.
@@ -438,6 +511,33 @@ impl Session<'_> {
             Ok(permit) => permit,
             Err(over) => return self.refuse(&mut ini, Some(&header), over.into()).await,
         };
+        self.entry.update(|s| {
+            s.initiator = header.from.clone();
+            s.receiver = Some(domain.clone());
+        });
+        let shared = &ctx.steering.shared;
+        shared
+            .metrics
+            .domain_connected(self.entry.listener, &domain);
+        if let Err(refusal) =
+            shared
+                .policy
+                .admit(header.from.as_deref(), &domain, std::time::Instant::now())
+        {
+            shared
+                .metrics
+                .policy_refused(refusal.domain(), refusal.reason());
+            self.down.own(EventKind::Policy {
+                domain: refusal.domain().to_owned(),
+                reason: refusal.reason(),
+                action: "refused",
+                detail: refusal.to_string(),
+            });
+            let error = SessionError::Policy {
+                reason: refusal.to_string(),
+            };
+            return self.refuse(&mut ini, Some(&header), error).await;
+        }
 
         // Connect upstream.
         let router = match self.listener.kind {
@@ -484,6 +584,8 @@ impl Session<'_> {
                 local: connected.stream.local_addr().ok(),
             },
         ));
+        let upstream = connected.candidate.addr;
+        self.entry.update(|s| s.upstream = Some(upstream));
         let mut rec = Leg::new(
             Side::Receiver,
             Transport::Plain(Tcp::new(
@@ -505,6 +607,7 @@ impl Session<'_> {
         let negotiated = self.negotiate(ini, rec, &domain, header_bytes).await;
         match negotiated {
             Ok(Negotiated { ini, rec }) => {
+                let steering = self.steering();
                 let (ended, bytes) = relay::relay(
                     ini,
                     rec,
@@ -513,12 +616,200 @@ impl Session<'_> {
                     &self.rewriter,
                     self.ctx.config.limits.idle_timeout,
                     self.shutdown,
+                    steering,
                 )
                 .await;
                 self.bytes = bytes;
                 ended
             }
             Err(ended) => ended,
+        }
+    }
+
+    /// The relay's steering: a [`steer::Steer`] per direction and the injection queues, which the connection's
+    /// registry entry gets the senders of.
+    fn steering(&mut self) -> relay::Steering {
+        let (up_tx, up_rx) = tokio::sync::mpsc::channel(relay::INJECTION_QUEUE);
+        let (down_tx, down_rx) = tokio::sync::mpsc::channel(relay::INJECTION_QUEUE);
+        self.entry
+            .set_injectors(Some([up_tx.clone(), down_tx.clone()]));
+        self.entry
+            .update(|s| s.phase = crate::control::registry::Phase::Relaying);
+        let sm = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let established = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ping = self.ctx.config.ping;
+        let steer = |dir| {
+            steer::Steer::new(
+                dir,
+                self.listener.kind,
+                self.ctx.steering.shared.clone(),
+                self.entry.entry().clone(),
+                self.up.header.as_ref(),
+                sm.clone(),
+                established.clone(),
+                ping.is_some(),
+            )
+        };
+        let [up_state, down_state] = std::mem::take(&mut self.rule_state);
+        relay::Steering {
+            conn: self.conn,
+            entry: self.entry.entry().clone(),
+            up: steer(Direction::Up).with_state(up_state),
+            down: steer(Direction::Down).with_state(down_state),
+            queues: [up_rx, down_rx],
+            senders: [up_tx, down_tx],
+            ping,
+        }
+    }
+
+    /// The rules applied to a stream-level element xmpptap forwards during negotiation (features, `<starttls/>`,
+    /// `<proceed/>`): what to send instead (the element itself, rewritten, with injections around it, or
+    /// nothing), after any delay or stall; `Err` for `close`. The actions that shape a whole direction
+    /// (`throttle`, `slice`, `cut_after`, `reset`) and `inject` with `at = "reply"` only work in the relay:
+    /// here they are refused with a `rule` event.
+    async fn negotiation_rules(
+        &mut self,
+        dir: Direction,
+        frame: &Frame,
+        bytes: Bytes,
+    ) -> Result<Bytes, SessionError> {
+        use crate::rules::{Action, InjectAt, Subject};
+        let rules = self.ctx.steering.shared.rules.current();
+        if rules.is_empty() {
+            return Ok(bytes);
+        }
+        let obs = match dir {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        let stream = obs.header.clone().unwrap_or_default();
+        let tag = &bytes[frame.head.clone()];
+        let Ok(head) = ElementHead::parse(tag, &stream) else {
+            return Ok(bytes);
+        };
+        let initiator = self.up.header.as_ref().and_then(|h| h.from.clone());
+        let receiver = self.up.header.as_ref().and_then(|h| h.to.clone());
+        let subject = Subject {
+            listener: self.listener.kind,
+            dir,
+            initiator: initiator.as_deref(),
+            receiver: receiver.as_deref(),
+            head: &head,
+            tag,
+            bytes: &bytes,
+        };
+        let state = &mut self.rule_state[usize::from(dir == Direction::Down)];
+        let Some(decision) = rules.decide(&subject, state, &mut || rand::random::<f64>()) else {
+            return Ok(bytes);
+        };
+        let rule = decision.rule.name.clone();
+        let action = decision.action.clone();
+        let mut refused = None;
+        let mut detail = None;
+        let out = match &action {
+            Action::Drop => Bytes::new(),
+            Action::Delay { ms, .. } | Action::Stall { ms: Some(ms) } => {
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
+                bytes.clone()
+            }
+            Action::Stall { ms: None } => {
+                // Before the relay a stall lasts as long as a negotiation step may.
+                let step = self.ctx.config.limits.negotiation_timeout;
+                detail = Some(format!("{} s (--negotiation-timeout)", step.as_secs_f32()));
+                tokio::time::sleep(step).await;
+                bytes.clone()
+            }
+            Action::Rewrite(spec) => match crate::rules::edit::rewrite(&bytes, &stream, spec) {
+                Ok(Some(rewritten)) => Bytes::from(rewritten),
+                Ok(None) => bytes.clone(),
+                Err(e) => {
+                    detail = Some(format!("not rewritten: {e}"));
+                    bytes.clone()
+                }
+            },
+            Action::Inject {
+                xml,
+                at: at @ (InjectAt::Before | InjectAt::After),
+            } => {
+                let xml = crate::rules::edit::injected(xml, &bytes, &stream);
+                let mut out = Vec::with_capacity(xml.len() + bytes.len());
+                if *at == InjectAt::Before {
+                    out.extend_from_slice(&xml);
+                    out.extend_from_slice(&bytes);
+                } else {
+                    out.extend_from_slice(&bytes);
+                    out.extend_from_slice(&xml);
+                }
+                Bytes::from(out)
+            }
+            Action::Close { condition, text } => {
+                self.ctx
+                    .steering
+                    .shared
+                    .metrics
+                    .rule_action(&rule, action.name());
+                self.record_rule(dir, &rule, &action, None, None, &bytes);
+                return Err(SessionError::Rule {
+                    rule,
+                    side: dir.sender(),
+                    condition: element::stream_condition(condition)
+                        .unwrap_or("undefined-condition"),
+                    text: text.clone(),
+                });
+            }
+            _ => {
+                refused =
+                    Some("this action only applies once the streams are negotiated (in the relay)");
+                bytes.clone()
+            }
+        };
+        if refused.is_none() {
+            self.ctx
+                .steering
+                .shared
+                .metrics
+                .rule_action(&rule, action.name());
+        }
+        self.record_rule(dir, &rule, &action, detail, refused, &bytes);
+        Ok(out)
+    }
+
+    /// A `rule` event in direction `dir`.
+    fn record_rule(
+        &self,
+        dir: Direction,
+        rule: &str,
+        action: &crate::rules::Action,
+        detail: Option<String>,
+        refused: Option<&str>,
+        bytes: &Bytes,
+    ) {
+        tracing::info!(
+            rule,
+            action = action.name(),
+            ?detail,
+            ?refused,
+            "rule (negotiation)"
+        );
+        let obs = match dir {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        obs.own(EventKind::Rule {
+            rule: rule.to_owned(),
+            action: action.name(),
+            detail,
+            refused: refused.map(str::to_owned),
+            xml: Xml(bytes.clone()),
+        });
+    }
+
+    /// Counts a TLS handshake on `side` and notes it in the registry.
+    fn tls_done(&self, side: Side, ok: bool) {
+        self.ctx.steering.shared.metrics.tls_handshake(side, ok);
+        if ok {
+            self.entry
+                .update(|s| s.tls[usize::from(side == Side::Receiver)] = true);
         }
     }
 
@@ -647,6 +938,13 @@ impl Session<'_> {
             }
             // What the initiator is offered: the receiver's features minus what interception would break.
             let offered = self.rewrite_features(&frame, features_bytes);
+            let offered = match self
+                .negotiation_rules(Direction::Down, &frame, offered)
+                .await
+            {
+                Ok(offered) => offered,
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+            };
             if let Err(e) = self.send(&mut ini, &offered).await {
                 return Err(self.abort(&mut ini, &mut rec, e, false).await);
             }
@@ -677,6 +975,10 @@ impl Session<'_> {
                 };
                 return Err(self.abort(&mut ini, &mut rec, e, false).await);
             }
+            let bytes = match self.negotiation_rules(Direction::Up, &frame, bytes).await {
+                Ok(bytes) => bytes,
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+            };
             if let Err(e) = self.send(&mut rec, &bytes).await {
                 return Err(self.abort(&mut ini, &mut rec, e, false).await);
             }
@@ -720,6 +1022,13 @@ impl Session<'_> {
             if let Err(e) = stray_before_proceed(&mut ini).await {
                 return Err(self.abort(&mut ini, &mut rec, e, false).await);
             }
+            let proceed = match self
+                .negotiation_rules(Direction::Down, &frame, proceed)
+                .await
+            {
+                Ok(proceed) => proceed,
+                Err(e) => return Err(self.abort(&mut ini, &mut rec, e, false).await),
+            };
             if let Err(e) = self.send(&mut ini, &proceed).await {
                 return Err(self.ended_after(e));
             }
@@ -779,6 +1088,7 @@ impl Session<'_> {
             Err(e) => {
                 let header = self.up.header.clone().unwrap_or_default();
                 let reason = e.to_string();
+                self.tls_done(Side::Receiver, false);
                 self.down.own(EventKind::TlsFailed {
                     side: Side::Receiver,
                     error: reason.clone(),
@@ -847,6 +1157,7 @@ impl Session<'_> {
         // rustls does not report the SNI it sent; it is the name xmpptap passed to connect().
         info.sni = Some(domain.to_owned());
         tracing::info!(side = "receiver", version = %info.version, cipher = %info.cipher, "TLS established");
+        self.tls_done(Side::Receiver, true);
         self.down.own(EventKind::TlsEstablished {
             side: Side::Receiver,
             info,
@@ -905,6 +1216,7 @@ impl Session<'_> {
         };
         let info = crate::tls::server_info(tls.get_ref().1);
         tracing::info!(side = "initiator", sni = ?info.sni, version = %info.version, "Direct TLS established");
+        self.tls_done(Side::Initiator, true);
         self.up.own(EventKind::TlsEstablished {
             side: Side::Initiator,
             info,
@@ -947,6 +1259,7 @@ impl Session<'_> {
         };
         let info = crate::tls::server_info(tls.get_ref().1);
         tracing::info!(side = "initiator", version = %info.version, cipher = %info.cipher, "TLS established");
+        self.tls_done(Side::Initiator, true);
         self.up.own(EventKind::TlsEstablished {
             side: Side::Initiator,
             info,
@@ -1078,6 +1391,7 @@ impl Session<'_> {
             _ => error.condition(),
         };
         if let Some(condition) = condition {
+            self.ctx.steering.shared.metrics.error(condition);
             if error.culprit() == Some(Side::Initiator) {
                 self.down
                     .own(protocol_error_event(Side::Initiator, condition, &error));
@@ -1085,7 +1399,7 @@ impl Session<'_> {
             let empty = StreamHeader::default();
             let id = format!("xmpptap-{}", self.conn);
             let reply = element::reply_header(header.unwrap_or(&empty), &id);
-            let words = element::stream_error(condition, Some(&error.to_string()));
+            let words = element::stream_error(condition, Some(&error.text()));
             let written = tokio::time::timeout(Duration::from_secs(5), async {
                 ini.io.write_all(&reply).await?;
                 ini.io.write_all(&words).await?;
@@ -1150,6 +1464,9 @@ impl Session<'_> {
         log_error(&error);
         let (ini_words, rec_words) = last_words(&error);
         record_protocol_error(&self.up, &self.down, &error);
+        if let Some(condition) = error.condition() {
+            self.ctx.steering.shared.metrics.error(condition);
+        }
         for (leg, words, obs) in [
             (&mut *ini, &ini_words[..], &self.down),
             (&mut *rec, &rec_words[..], &self.up),
@@ -1180,6 +1497,7 @@ impl Session<'_> {
     /// Records a `tls_failed` event for a TLS error.
     fn ended_by_tls_event(&self, error: &SessionError) {
         if let SessionError::Tls { side, reason } = error {
+            self.tls_done(*side, false);
             let obs = if *side == Side::Initiator {
                 &self.up
             } else {

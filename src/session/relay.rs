@@ -18,15 +18,19 @@
 use super::leg::Leg;
 use super::observe::Observer;
 use super::rewrite::Rewriter;
+use super::steer::{self, Op, Shaping, Steer};
 use super::transport::Transport;
 use super::{Ended, SessionError};
+use crate::control::registry::{ConnEntry, InjectOrigin, Injection};
 use crate::side::Side;
 use crate::tap::ClosedBy;
 use crate::xml::framer::Frame;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +46,25 @@ const LAST_WORDS_TIMEOUT: Duration = Duration::from_secs(5);
 enum PumpEnd {
     /// The sending side closed its connection (after `</stream:stream>` or not).
     Eof,
+}
+
+/// How many injections (control API, `inject` rules with `at = "reply"`) may wait per direction.
+pub const INJECTION_QUEUE: usize = 64;
+
+/// What the relay does besides copying: one [`Steer`] per direction, the injection queues the control API and
+/// rules write to, and xmpptap's pings.
+#[derive(Debug)]
+pub struct Steering {
+    pub conn: u64,
+    pub entry: Arc<ConnEntry>,
+    pub up: Steer,
+    pub down: Steer,
+    /// Receivers of the injection queues [up, down]; their senders are in `entry`.
+    pub queues: [mpsc::Receiver<Injection>; 2],
+    /// Senders of the same queues, for `inject` rules that answer the other way.
+    pub senders: [mpsc::Sender<Injection>; 2],
+    /// `--ping-interval` and `--ping-timeout`.
+    pub ping: Option<(Duration, Duration)>,
 }
 
 /// Progress of the whole relay, shared by both directions and the idle watch. Atomics rather than cells:
@@ -132,6 +155,7 @@ async fn idle(activity: &Activity, limit: Option<Duration>) -> SessionError {
 
 /// Relays between the initiator and the receiver until both are done, an error ends it, nothing was relayed
 /// for `idle_timeout`, or shutdown. Returns how it ended and the bytes read from [initiator, receiver].
+#[allow(clippy::too_many_arguments)] // Each is a different handle of the session; a struct would only rename them.
 pub async fn relay(
     ini: Leg<Transport>,
     rec: Leg<Transport>,
@@ -140,7 +164,17 @@ pub async fn relay(
     rewriter: &Rewriter,
     idle_timeout: Option<Duration>,
     shutdown: &CancellationToken,
+    steering: Steering,
 ) -> (Ended, [u64; 2]) {
+    let Steering {
+        conn,
+        entry,
+        up: mut up_steer,
+        down: mut down_steer,
+        queues: [mut up_queue, mut down_queue],
+        senders: [up_sender, down_sender],
+        ping,
+    } = steering;
     let (ini_r, mut ini_w) = tokio::io::split(ini.io);
     let (rec_r, mut rec_w) = tokio::io::split(rec.io);
     let mut ini = Leg {
@@ -161,8 +195,34 @@ pub async fn relay(
     // What happened first, found while both directions run; acted upon once they no longer borrow the halves.
     let activity = Activity::new();
     let outcome: Result<Side, SessionError> = {
-        let up_pump = pump(&mut ini, &mut rec_w, up, None, &activity);
-        let down_pump = pump(&mut rec, &mut ini_w, down, Some(rewriter), &activity);
+        let up_pump = pump(
+            Lane {
+                src: &mut ini,
+                dst: &mut rec_w,
+                obs: up,
+                rewriter: None,
+                steer: &mut up_steer,
+                queue: &mut up_queue,
+                reply: &down_sender,
+                ping,
+                conn,
+            },
+            &activity,
+        );
+        let down_pump = pump(
+            Lane {
+                src: &mut rec,
+                dst: &mut ini_w,
+                obs: down,
+                rewriter: Some(rewriter),
+                steer: &mut down_steer,
+                queue: &mut down_queue,
+                reply: &up_sender,
+                ping: None,
+                conn,
+            },
+            &activity,
+        );
         tokio::pin!(up_pump, down_pump);
         // Both pumps are cancel-safe at their await points (reads keep their bytes in the leg's buffer); a write
         // cut short only happens on error, idleness or shutdown, when the connection is being torn down anyway.
@@ -184,8 +244,22 @@ pub async fn relay(
             },
             error = idle(&activity, idle_timeout) => Err(error),
             _ = shutdown.cancelled() => Err(SessionError::Shutdown),
+            _ = entry.close.cancelled() => {
+                let request = entry.close_request();
+                Err(SessionError::ControlClose {
+                    condition: request
+                        .as_ref()
+                        .and_then(|r| r.condition.as_deref())
+                        .map(|c| crate::xml::element::stream_condition(c).unwrap_or("undefined-condition")),
+                    text: request.and_then(|r| r.text),
+                })
+            }
         }
     };
+    entry.set_injectors(None);
+    if let Some((_, timeout)) = ping {
+        up_steer.connection_ended(conn, timeout);
+    }
 
     let ended = match outcome {
         Ok(side) => {
@@ -203,10 +277,36 @@ pub async fn relay(
                 reason: format!("{side} closed the connection {how}"),
             }
         }
+        Err(SessionError::Reset { rule }) => {
+            // No last words: both legs get a TCP RST.
+            tracing::info!(rule, "reset both legs");
+            ini.io.unsplit(ini_w).reset();
+            rec.io.unsplit(rec_w).reset();
+            return (
+                Ended {
+                    by: ClosedBy::Xmpptap,
+                    reason: format!("rule '{rule}' reset both connections (TCP RST)"),
+                },
+                [ini.bytes_read, rec.bytes_read],
+            );
+        }
+        Err(error @ SessionError::Cut { .. }) => {
+            // Cut short: no stream error, no </stream:stream>, just the end of both connections.
+            tracing::info!(%error, "cut");
+            let _ = ini_w.shutdown().await;
+            let _ = rec_w.shutdown().await;
+            Ended {
+                by: ClosedBy::Xmpptap,
+                reason: format!("{error:#}"),
+            }
+        }
         Err(error) => {
             super::log_error(&error);
             let (ini_words, rec_words) = super::last_words(&error);
             super::record_protocol_error(up, down, &error);
+            if let Some(condition) = error.condition() {
+                up_steer.metrics().error(condition);
+            }
             say(&mut ini_w, &ini_words, down).await;
             say(&mut rec_w, &rec_words, up).await;
             Ended {
@@ -230,22 +330,62 @@ async fn say<W: AsyncWrite + Unpin>(w: &mut WriteHalf<W>, words: &[u8], obs: &Ob
     }
 }
 
-/// Copies frames from `src` to `dst` until `src` closes. Every frame already buffered is written in one batch;
-/// a frame the `rewriter` changes (features, downstream only) is swapped for its rewritten bytes. Nothing more
-/// is read from `src` until the batch is written: that is the backpressure of the module docs.
-async fn pump<R, W>(
-    src: &mut Leg<R>,
-    dst: &mut WriteHalf<W>,
-    obs: &mut Observer,
-    rewriter: Option<&Rewriter>,
-    activity: &Activity,
-) -> Result<PumpEnd, SessionError>
+/// One direction of the relay: where frames come from and go, and what steers them.
+struct Lane<'a, R, W> {
+    src: &'a mut Leg<R>,
+    dst: &'a mut WriteHalf<W>,
+    obs: &'a mut Observer,
+    /// The features policy (downstream only).
+    rewriter: Option<&'a Rewriter>,
+    steer: &'a mut Steer,
+    /// Injections for this direction.
+    queue: &'a mut mpsc::Receiver<Injection>,
+    /// The other direction's queue (an `inject` rule with `at = "reply"`).
+    reply: &'a mpsc::Sender<Injection>,
+    /// Ping interval and timeout (upstream only).
+    ping: Option<(Duration, Duration)>,
+    conn: u64,
+}
+
+/// What woke a direction between batches.
+enum Wake {
+    Read(usize),
+    Inject(Injection),
+    Ping,
+}
+
+/// Copies frames from `src` to `dst` until `src` closes. Every frame already buffered is written in one batch,
+/// as [`Steer::plan`] says: usually the batch's own bytes in one write, a rewritten, dropped or delayed element
+/// splitting it. Nothing more is read from `src` until the batch is written: that is the backpressure of the
+/// module docs. Between batches the direction also writes what is injected into it and, upstream, xmpptap's
+/// pings: always at a frame boundary, since only this direction writes to `dst`.
+async fn pump<R, W>(d: Lane<'_, R, W>, activity: &Activity) -> Result<PumpEnd, SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncRead + AsyncWrite + Unpin,
 {
+    let Lane {
+        src,
+        dst,
+        obs,
+        rewriter,
+        steer,
+        queue,
+        reply,
+        ping,
+        conn,
+    } = d;
     let dst_side = src.side.peer();
     let progress = activity.from(src.side);
+    let io = move |source| SessionError::Io {
+        side: dst_side,
+        source,
+    };
+    let mut ticker = ping.map(|(interval, _)| {
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker
+    });
     let mut frames: Vec<(usize, Frame)> = Vec::new();
     loop {
         let mut batch = 0;
@@ -263,40 +403,171 @@ where
             progress.writing.store(true, Ordering::Relaxed);
             let chunk = src.buf.split_to(batch).freeze();
             obs.data(src.side, false, &chunk);
-            // Usually the chunk goes out as it came; only a rewritten frame splits it into pieces.
-            let mut pieces: Vec<Bytes> = Vec::new();
-            let mut copied = 0;
-            for (offset, frame) in frames.drain(..) {
-                obs.frame_in(&frame, &chunk, offset);
-                let bytes = &chunk[offset..offset + frame.len];
-                if let Some(rewritten) = rewriter.and_then(|r| r.features(&frame, bytes, obs)) {
-                    pieces.push(chunk.slice(copied..offset));
-                    pieces.push(rewritten);
-                    copied = offset + frame.len;
-                }
+            for (offset, frame) in &frames {
+                obs.frame_in(frame, &chunk, *offset);
             }
-            let io = |source| SessionError::Io {
-                side: dst_side,
-                source,
-            };
-            if pieces.is_empty() {
-                dst.write_all(&chunk).await.map_err(io)?;
-                obs.data(dst_side, true, &chunk);
-            } else {
-                pieces.push(chunk.slice(copied..));
-                for piece in pieces.iter().filter(|p| !p.is_empty()) {
-                    dst.write_all(piece).await.map_err(io)?;
-                    obs.data(dst_side, true, piece);
+            let ops = steer.plan(&frames, &chunk, obs, rewriter);
+            frames.clear();
+            for op in ops {
+                match op {
+                    Op::Write(bytes) => {
+                        write_shaped(dst, &bytes, &mut steer.shaping, obs, dst_side).await?
+                    }
+                    Op::Reply(xml, rule) => {
+                        let injection = Injection {
+                            xml,
+                            origin: InjectOrigin::Rule(rule),
+                        };
+                        if reply.try_send(injection).is_err() {
+                            tracing::warn!(
+                                "reply injection dropped: the other direction's queue is full"
+                            );
+                        }
+                    }
+                    Op::Pause(wait) => {
+                        dst.flush().await.map_err(io)?;
+                        tokio::time::sleep(wait).await;
+                    }
+                    Op::StallForever => {
+                        dst.flush().await.map_err(io)?;
+                        progress.writing.store(false, Ordering::Relaxed);
+                        return std::future::pending().await;
+                    }
+                    Op::End(error) => {
+                        dst.flush().await.map_err(io)?;
+                        return Err(error);
+                    }
                 }
             }
             dst.flush().await.map_err(io)?;
             progress.writing.store(false, Ordering::Relaxed);
             activity.touch();
         }
-        if src.fill().await? == 0 {
-            // Pass the close on: the peer sees the same half-close the sender made.
-            let _ = dst.shutdown().await;
-            return Ok(PumpEnd::Eof);
+        // Cancel-safe: a read keeps its bytes in the leg, a queue receive and a tick lose nothing.
+        let wake = tokio::select! {
+            read = src.fill() => Wake::Read(read?),
+            Some(injection) = queue.recv() => Wake::Inject(injection),
+            _ = async { ticker.as_mut()?.tick().await; Some(()) }, if ticker.is_some() => Wake::Ping,
+        };
+        match wake {
+            Wake::Read(0) => {
+                // Pass the close on: the peer sees the same half-close the sender made.
+                let _ = dst.shutdown().await;
+                return Ok(PumpEnd::Eof);
+            }
+            Wake::Read(_) => {}
+            Wake::Inject(injection) => {
+                obs.own(steer::injected_event(&injection));
+                write_own(dst, &injection.xml, obs, dst_side).await?;
+                steer.count_own(injection.xml.len());
+                activity.touch();
+            }
+            Wake::Ping => {
+                let timeout = ping.map_or(Duration::MAX, |(_, timeout)| timeout);
+                for (id, outstanding) in steer.pinger().expire(conn, timeout) {
+                    let pair = format!("{}->{}", outstanding.from, outstanding.to);
+                    steer.metrics().ping_timeout(&pair);
+                    obs.own(crate::tap::EventKind::Ping {
+                        id,
+                        pair,
+                        result: "timeout",
+                        rtt_ms: None,
+                        error: None,
+                        sent_on: Some(conn),
+                    });
+                }
+                if let Some(ping) = steer.ping(conn) {
+                    obs.own(crate::tap::EventKind::Ping {
+                        id: ping.id.clone(),
+                        pair: steer.pair(),
+                        result: "sent",
+                        rtt_ms: None,
+                        error: None,
+                        sent_on: Some(conn),
+                    });
+                    write_own(dst, &ping.xml, obs, dst_side).await?;
+                    steer.count_own(ping.xml.len());
+                }
+            }
         }
+    }
+}
+
+/// Writes something xmpptap itself sends in this direction, at once.
+async fn write_own<W: AsyncWrite>(
+    dst: &mut WriteHalf<W>,
+    bytes: &Bytes,
+    obs: &Observer,
+    dst_side: Side,
+) -> Result<(), SessionError> {
+    let io = |source| SessionError::Io {
+        side: dst_side,
+        source,
+    };
+    dst.write_all(bytes).await.map_err(io)?;
+    dst.flush().await.map_err(io)?;
+    obs.data(dst_side, true, bytes);
+    Ok(())
+}
+
+/// Writes `bytes` as the direction's shaping says: at once, at a throttled rate, in slices, or only up to
+/// where `cut_after` ends the connection.
+async fn write_shaped<W: AsyncWrite>(
+    dst: &mut WriteHalf<W>,
+    bytes: &Bytes,
+    shaping: &mut Shaping,
+    obs: &Observer,
+    dst_side: Side,
+) -> Result<(), SessionError> {
+    let io = |source| SessionError::Io {
+        side: dst_side,
+        source,
+    };
+    if shaping.is_plain() {
+        dst.write_all(bytes).await.map_err(io)?;
+        obs.data(dst_side, true, bytes);
+        return Ok(());
+    }
+    let mut bytes = bytes.clone();
+    let mut cut_now = None;
+    if let Some(cut) = &mut shaping.cut {
+        if let Some(left) = &mut cut.bytes {
+            if bytes.len() as u64 >= *left {
+                bytes.truncate(usize::try_from(*left).unwrap_or(usize::MAX));
+                cut_now = Some(cut.rule.clone());
+            }
+            *left -= bytes.len() as u64;
+        }
+    }
+    // Pieces: a slice's size, or a tenth of a second's worth when throttled, else the whole.
+    let piece = match (shaping.slice, shaping.throttle) {
+        (Some((size, _)), _) => size,
+        (None, Some(rate)) => usize::try_from((rate / 10).max(1)).unwrap_or(usize::MAX),
+        (None, None) => bytes.len().max(1),
+    };
+    let mut first = true;
+    while !bytes.is_empty() {
+        let part = bytes.split_to(piece.min(bytes.len()));
+        if let (Some((_, pause)), false) = (shaping.slice, first) {
+            dst.flush().await.map_err(io)?;
+            tokio::time::sleep(pause).await;
+        }
+        first = false;
+        dst.write_all(&part).await.map_err(io)?;
+        obs.data(dst_side, true, &part);
+        if let Some(rate) = shaping.throttle {
+            dst.flush().await.map_err(io)?;
+            tokio::time::sleep(Duration::from_secs_f64(part.len() as f64 / rate as f64)).await;
+        }
+    }
+    match cut_now {
+        Some(rule) => {
+            dst.flush().await.map_err(io)?;
+            Err(SessionError::Cut {
+                rule,
+                after: String::from("its byte limit"),
+            })
+        }
+        None => Ok(()),
     }
 }

@@ -31,6 +31,18 @@ impl Transport {
     pub fn is_tls(&self) -> bool {
         !matches!(self, Transport::Plain(_))
     }
+
+    /// Drops the connection with a TCP RST instead of a FIN (SO_LINGER 0), for the `reset` rule action.
+    pub fn reset(self) {
+        let tcp = match &self {
+            Transport::Plain(tcp) => &tcp.stream,
+            Transport::Server(tls) => &tls.get_ref().0.stream,
+            Transport::Client(tls) => &tls.get_ref().0.stream,
+        };
+        if let Err(e) = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO)) {
+            tracing::debug!(error = %e, "SO_LINGER 0 failed: the connection ends with a FIN");
+        }
+    }
 }
 
 macro_rules! delegate {

@@ -276,6 +276,53 @@ pub enum EventKind {
         stanzas_down: u64,
         duration_ms: u64,
     },
+    /// A rule acted on an element, or was refused on this stream (`refused` says why; the element then passed
+    /// untouched).
+    Rule {
+        rule: String,
+        /// The action (`drop`, `delay`, `rewrite`...).
+        action: &'static str,
+        /// What it did: the delay, the rewritten element...
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refused: Option<String>,
+        /// The element the rule matched, as it arrived.
+        xml: Xml,
+    },
+    /// Something xmpptap wrote on its own in this direction: a stanza injected through the control API or by
+    /// a rule.
+    Injected {
+        /// `control`, or `rule:<name>`.
+        origin: String,
+        xml: Xml,
+    },
+    /// One of xmpptap's XEP-0199 pings (`--ping-interval`).
+    Ping {
+        id: String,
+        /// `initiating-domain->receiving-domain` of the connection it was sent on.
+        pair: String,
+        /// `sent`, `answered`, `error` (answered with an iq error) or `timeout`.
+        result: &'static str,
+        /// Round trip, for an answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rtt_ms: Option<f64>,
+        /// The error condition of an `error` answer.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// The connection the ping was sent on (the answer may come on the reverse S2S connection).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sent_on: Option<u64>,
+    },
+    /// The federation policy refused a domain or held its traffic back.
+    Policy {
+        domain: String,
+        /// `not_allowed`, `blocked`, `connection_rate`, `stanza_rate`, `byte_rate`, or `rate`.
+        reason: &'static str,
+        /// `refused` or `delayed`.
+        action: &'static str,
+        detail: String,
+    },
     /// The writer fell behind and this many events were dropped since the last report.
     TapDropped { count: u64 },
     /// Bytes that crossed one leg, as the application sees them (decrypted when the leg uses TLS). Only built
@@ -318,7 +365,9 @@ impl EventKind {
             | EventKind::Proceed { xml }
             | EventKind::Stanza { xml, .. }
             | EventKind::Dialback { xml, .. }
-            | EventKind::StreamError { xml, .. } => xml.0.len(),
+            | EventKind::StreamError { xml, .. }
+            | EventKind::Rule { xml, .. }
+            | EventKind::Injected { xml, .. } => xml.0.len(),
             EventKind::Data { bytes, .. } | EventKind::RawData { bytes, .. } => bytes.0.len(),
             EventKind::Accepted { .. }
             | EventKind::UpstreamConnected { .. }
@@ -329,7 +378,9 @@ impl EventKind {
             | EventKind::ProtocolError { .. }
             | EventKind::Closed { .. }
             | EventKind::TapDropped { .. }
-            | EventKind::TlsSecrets { .. } => 0,
+            | EventKind::TlsSecrets { .. }
+            | EventKind::Ping { .. }
+            | EventKind::Policy { .. } => 0,
         }
     }
 }

@@ -617,6 +617,40 @@ impl StreamError {
     }
 }
 
+/// The stream error conditions of RFC 6120 4.9.3.
+pub const STREAM_CONDITIONS: &[&str] = &[
+    "bad-format",
+    "bad-namespace-prefix",
+    "conflict",
+    "connection-timeout",
+    "host-gone",
+    "host-unknown",
+    "improper-addressing",
+    "internal-server-error",
+    "invalid-from",
+    "invalid-namespace",
+    "invalid-xml",
+    "not-authorized",
+    "not-well-formed",
+    "policy-violation",
+    "remote-connection-failed",
+    "reset",
+    "resource-constraint",
+    "restricted-xml",
+    "see-other-host",
+    "system-shutdown",
+    "undefined-condition",
+    "unsupported-encoding",
+    "unsupported-feature",
+    "unsupported-stanza-type",
+    "unsupported-version",
+];
+
+/// `name` as one of the [`STREAM_CONDITIONS`], if it is one.
+pub fn stream_condition(name: &str) -> Option<&'static str> {
+    STREAM_CONDITIONS.iter().copied().find(|c| *c == name)
+}
+
 /// The bytes xmpptap sends when it must end a stream on its own: `<stream:error>` with `condition` (an RFC 6120
 /// 4.9.3 condition name; anything that is not a plain name becomes `undefined-condition`) and the optional
 /// `text`, escaped, followed by `</stream:stream>`.
