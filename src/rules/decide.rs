@@ -461,6 +461,15 @@ fn check_action(action: &Action) -> Result<(), String> {
             bytes: None,
             stanzas: None,
         } => return Err("cut_after: give bytes, stanzas or both".to_owned()),
+        Action::CutAfter {
+            stanzas: Some(0), ..
+        }
+        | Action::CutAfter { bytes: Some(0), .. } => {
+            return Err(
+                "cut_after: bytes and stanzas count from the matched element: give at least 1 (reset ends a connection at once)"
+                    .to_owned(),
+            )
+        }
         Action::Drop
         | Action::Delay { .. }
         | Action::Stall { .. }

@@ -708,7 +708,13 @@ impl Session<'_> {
         let mut detail = None;
         let out = match &action {
             Action::Drop => Bytes::new(),
-            Action::Delay { ms, .. } | Action::Stall { ms: Some(ms) } => {
+            Action::Delay { ms, jitter_ms } => {
+                let wait = steer::delay(*ms, *jitter_ms);
+                detail = Some(format!("{} ms", wait.as_millis()));
+                tokio::time::sleep(wait).await;
+                bytes.clone()
+            }
+            Action::Stall { ms: Some(ms) } => {
                 tokio::time::sleep(Duration::from_millis(*ms)).await;
                 bytes.clone()
             }
@@ -720,7 +726,10 @@ impl Session<'_> {
                 bytes.clone()
             }
             Action::Rewrite(spec) => match crate::rules::edit::rewrite(&bytes, &stream, spec) {
-                Ok(Some(rewritten)) => Bytes::from(rewritten),
+                Ok(Some(rewritten)) => {
+                    detail = Some(String::from_utf8_lossy(&rewritten).into_owned());
+                    Bytes::from(rewritten)
+                }
                 Ok(None) => bytes.clone(),
                 Err(e) => {
                     detail = Some(format!("not rewritten: {e}"));

@@ -296,13 +296,7 @@ impl Steer {
         match action {
             Action::Drop => {}
             Action::Delay { ms, jitter_ms } => {
-                let jitter = if *jitter_ms > 0 {
-                    let span = 2 * jitter_ms + 1;
-                    (rand::random::<u64>() % span) as i64 - *jitter_ms as i64
-                } else {
-                    0
-                };
-                let wait = Duration::from_millis((*ms as i64 + jitter).max(0) as u64);
+                let wait = delay(*ms, *jitter_ms);
                 detail = Some(format!("{} ms", wait.as_millis()));
                 ops.push(Op::Pause(wait));
                 ops.push(Op::Write(bytes.clone()));
@@ -335,6 +329,12 @@ impl Steer {
             },
             Action::Inject { xml, at } => {
                 let injected = Bytes::from(crate::rules::edit::injected(xml, &bytes, stream));
+                if *at != InjectAt::Reply {
+                    obs.own(EventKind::Injected {
+                        origin: format!("rule:{rule}"),
+                        xml: Xml(injected.clone()),
+                    });
+                }
                 match at {
                     InjectAt::Before => {
                         ops.push(Op::Write(injected));
@@ -383,10 +383,11 @@ impl Steer {
                 bytes: cut_bytes,
                 stanzas,
             } => {
+                // Both count from the matched element, which is the first to pass.
                 self.shaping.cut = Some(Cut {
                     rule: rule.to_owned(),
                     bytes: *cut_bytes,
-                    stanzas: *stanzas,
+                    stanzas: stanzas.map(|n| n.saturating_sub(1)),
                 });
                 ops.push(Op::Write(bytes.clone()));
             }
@@ -516,6 +517,13 @@ impl Steer {
         counters.stanzas.fetch_add(1, Ordering::Relaxed);
         counters.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
+}
+
+/// `ms` give or take up to `jitter_ms`, drawn uniformly.
+pub fn delay(ms: u64, jitter_ms: u64) -> Duration {
+    let low = ms.saturating_sub(jitter_ms);
+    let high = ms.saturating_add(jitter_ms);
+    Duration::from_millis(low + rand::random::<u64>() % (high - low + 1))
 }
 
 /// The transcript origin of an injection.

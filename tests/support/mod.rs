@@ -28,6 +28,8 @@
 //! - 100: `hostile.rs`
 //! - 110: `probe.rs`
 //! - 120: `soak.rs`
+//! - 130: `rules.rs`
+//! - 140: `rule_actions.rs`
 //!
 //! `<test>` numbers the tests inside a file (from 1). `<host>` by convention: 2 and 3 the first
 //! and second XMPP server, 10 the proxy, 53 the DNS server.
@@ -40,6 +42,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod control;
 pub mod dns;
 pub mod fake;
 pub mod federation;
