@@ -1002,3 +1002,288 @@ fn a_rules_file_that_does_not_parse_is_refused_with_exit_64() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// Federation policy: rates and lists, with no rules
+
+/// [`setup`] with the policy flags `policy` and an empty rules file.
+async fn policy_setup(test: u8, policy: &[&str]) -> Setup {
+    let receiver = Receiver::bind(ip(test, 3), "b.test").await;
+    let rules = RulesFile::new(test, "# No rules: only the policy acts.\n");
+    let mut args = vec![
+        format!("--s2s-listen={}:0", ip(test, 10)),
+        format!("--route=b.test={}", receiver.addr()),
+        format!("--upstream-ca={}", receiver.cert_path().display()),
+        format!("--rules={}", rules.path().display()),
+    ];
+    args.extend(policy.iter().map(|flag| (*flag).to_owned()));
+    let tap = Xmpptap::start(&args).await;
+    Setup {
+        tap,
+        receiver,
+        _rules: rules,
+    }
+}
+
+/// An S2S stream header from `from` to `to`.
+fn header_from(from: &str, to: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' {STREAM_NS} \
+         xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>"
+    )
+}
+
+/// `n` messages up from a.test, numbered from `first`, each with an id and body that say its number.
+fn numbered(first: usize, n: usize) -> Vec<String> {
+    (first..first + n)
+        .map(|i| up_message(&format!("n{i}"), &format!("number {i}")))
+        .collect()
+}
+
+/// The initiator `from` opens a stream to `to` and is refused right after its header: it reads xmpptap's own
+/// stream header (from and to swapped, id `xmpptap-CONN`), a policy-violation stream error with `text`
+/// (escaped), and the end of the connection. Returns the `policy` event of the refusal, which must name
+/// `domain` and `reason`; nothing was connected upstream for it.
+async fn refused_after_header(
+    s: &Setup,
+    (from, to): (&str, &str),
+    (domain, reason): (&str, &str),
+    text: &str,
+) -> Value {
+    let mut ini = Peer::connect("refused initiator", s.tap.addr()).await;
+    ini.send(header_from(from, to)).await;
+    let got = ending(&mut ini).await.expect("a clean end");
+    let policy = s
+        .tap
+        .wait_event(&format!("the refusal of {from}->{to}"), |e| {
+            e["event"] == "policy"
+                && e["domain"] == domain
+                && e["reason"] == reason
+                && e["action"] == "refused"
+        })
+        .await;
+    let conn = policy["conn"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("conn: {policy}"));
+    let expected = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' {STREAM_NS} \
+         xmlns:db='jabber:server:dialback' from='{to}' to='{from}' id='xmpptap-{conn}' version='1.0'>{}",
+        stream_error("policy-violation", text)
+    );
+    assert_eq!(got, expected, "{from}->{to}");
+
+    let events = finished(&s.tap, conn).await;
+    assert!(
+        named(&events, "upstream_connected").is_empty(),
+        "refused before connecting upstream: {events:#?}"
+    );
+    let error = one(&events, "protocol_error", |_| true);
+    assert_eq!(error["side"], "initiator", "{error}");
+    assert_eq!(error["condition"], "policy-violation", "{error}");
+    one(&events, "stream_error", |e| {
+        e["origin"] == "xmpptap" && e["condition"] == "policy-violation" && e["dir"] == "down"
+    });
+    policy
+}
+
+/// `--rate-stanzas 5 --rate-exceeded refuse`: a burst of 5 passes; the 15 that follow at once are over the
+/// rate, and a.test's stream ends with `<policy-violation/>` before any of them reaches the receiver.
+#[tokio::test]
+async fn stanza_rate_refuse_ends_the_stream_with_policy_violation() {
+    let s = policy_setup(19, &["--rate-stanzas=5", "--rate-exceeded=refuse"]).await;
+    let (mut ini, mut rec) = s.open_plain().await;
+    let messages = numbered(1, 20);
+
+    // One write of exactly the burst: one batch the full bucket has room for.
+    let burst = messages[..5].concat();
+    let sent = Instant::now();
+    ini.send(&burst).await;
+    rec.expect(&burst).await;
+    // The other 15 in one write, so that xmpptap reads them in one batch (and nothing is left unread when it
+    // closes). A second's refill would make the bucket full again, and a full bucket lets any batch through.
+    let rest = messages[5..].concat();
+    let waited = sent.elapsed();
+    assert!(
+        waited < Duration::from_millis(900),
+        "the burst took {waited:?} to arrive: the bucket has refilled, the test proves nothing"
+    );
+    ini.send(&rest).await;
+
+    let refused = "a.test sent more than 5 stanzas per second through xmpptap (--rate-stanzas)";
+    assert_eq!(
+        ending(&mut ini).await.expect("a clean end"),
+        stream_error("policy-violation", refused)
+    );
+    // None of the 15: only the end of the stream.
+    assert_eq!(ending(&mut rec).await.expect("a clean end"), CLOSE);
+
+    let events = finished(&s.tap, 1).await;
+    let policy = one(&events, "policy", |_| true);
+    assert_eq!(policy["reason"], "stanza_rate", "{policy}");
+    assert_eq!(policy["action"], "refused", "{policy}");
+    assert_eq!(policy["domain"], "a.test", "{policy}");
+    assert_eq!(policy["detail"], refused, "{policy}");
+    assert_eq!(policy["dir"], "up", "{policy}");
+    let error = one(&events, "protocol_error", |_| true);
+    assert_eq!(error["side"], "initiator", "{error}");
+    assert_eq!(error["condition"], "policy-violation", "{error}");
+    one(&events, "stream_error", |e| {
+        e["origin"] == "xmpptap" && e["condition"] == "policy-violation" && e["dir"] == "down"
+    });
+    assert_eq!(one(&events, "closed", |_| true)["by"], "initiator");
+}
+
+/// `--rate-stanzas 10` (over the rate: delay, the default): 30 stanzas sent at once arrive whole and in order,
+/// a burst of 10 and then 10 a second, so the last one no earlier than 2 s after the first batch was read.
+/// The receiver's direction carries b.test's traffic on a.test's connection, which is not rated.
+#[tokio::test]
+async fn stanza_rate_delay_spreads_stanzas_out_in_order() {
+    const N: usize = 30;
+    const RATE: usize = 10;
+    let s = policy_setup(20, &["--rate-stanzas=10"]).await;
+    let (mut ini, mut rec) = s.open_plain().await;
+    // Small writes go out at once, so that xmpptap reads them in several batches.
+    ini.io()
+        .set_nodelay(true)
+        .unwrap_or_else(|e| panic!("TCP_NODELAY: {e}"));
+    let messages = numbered(1, N);
+
+    let sent = Instant::now();
+    for message in &messages {
+        ini.send(message).await;
+    }
+    // In order and byte for byte, however xmpptap batched them.
+    rec.expect(messages.concat()).await;
+    let took = sent.elapsed();
+    eprintln!("{N} stanzas at {RATE}/s took {took:?}");
+    // 10 at once, the other 20 at 10 a second: the debt is repaid 2 s after the first batch was counted,
+    // which is after `sent`.
+    let repaid = Duration::from_secs(((N - RATE) / RATE) as u64);
+    assert!(
+        took >= repaid - Duration::from_millis(100),
+        "{N} stanzas at {RATE}/s arrived within {took:?}"
+    );
+    assert!(took < repaid + SLACK, "took {took:?}");
+    rec.expect_silence(Duration::from_millis(100)).await;
+
+    // Down: not held back.
+    let down: Vec<String> = (1..=N)
+        .map(|i| down_message(&format!("d{i}"), "down"))
+        .collect();
+    let sent = Instant::now();
+    rec.send(down.concat()).await;
+    ini.expect(down.concat()).await;
+    assert!(
+        sent.elapsed() < Duration::from_millis(1500),
+        "the down direction took {:?}",
+        sent.elapsed()
+    );
+
+    let delayed: Vec<Value> = s
+        .tap
+        .transcript()
+        .into_iter()
+        .filter(|e| e["event"] == "policy")
+        .collect();
+    assert!(!delayed.is_empty(), "no policy event");
+    for event in &delayed {
+        assert_eq!(event["action"], "delayed", "{event}");
+        assert_eq!(event["reason"], "rate", "{event}");
+        assert_eq!(event["domain"], "a.test", "{event}");
+        assert_eq!(event["dir"], "up", "{event}");
+        let detail = event["detail"].as_str().unwrap_or_default();
+        assert!(detail.ends_with(" ms"), "{event}");
+    }
+    // The connection goes on.
+    let later = up_message("later", "after the rush");
+    ini.send(&later).await;
+    rec.expect(&later).await;
+    assert!(named(&s.tap.transcript(), "closed").is_empty());
+}
+
+/// `--rate-connections 2`: a.test's third connection within the minute is refused right after its header,
+/// before xmpptap connects upstream; the first two stay up, and another domain has its own budget.
+#[tokio::test]
+async fn connection_rate_refuses_the_third_connection_of_a_domain() {
+    let s = policy_setup(21, &["--rate-connections=2"]).await;
+    let (mut ini1, mut rec1) = s.open_plain().await;
+    let (mut ini2, mut rec2) = s.open_plain().await;
+
+    let policy = refused_after_header(
+        &s,
+        ("a.test", "b.test"),
+        ("a.test", "connection_rate"),
+        "a.test opened more than 2 connections per minute through xmpptap (--rate-connections)",
+    )
+    .await;
+    assert_eq!(policy["conn"], 3, "{policy}");
+
+    // The two admitted connections still carry stanzas.
+    for (i, (ini, rec)) in [(&mut ini1, &mut rec1), (&mut ini2, &mut rec2)]
+        .into_iter()
+        .enumerate()
+    {
+        let message = up_message(&format!("still{i}"), "still here");
+        ini.send(&message).await;
+        rec.expect(&message).await;
+    }
+
+    // c.test's first connection is admitted: the budget is a.test's.
+    let mut ini = Peer::connect("c.test initiator", s.tap.addr()).await;
+    ini.send(header_from("c.test", "b.test")).await;
+    let mut rec = s.receiver.accept().await;
+    rec.expect(header_from("c.test", "b.test")).await;
+    let answer = rec_header("c-id") + FEATURES_PLAIN;
+    rec.send(&answer).await;
+    ini.expect(&answer).await;
+}
+
+/// `--policy allowlist --allow a.test --allow b.test`: a stream naming any other domain, as `from` or as `to`,
+/// is refused right after its header; a.test's stream to b.test passes.
+#[tokio::test]
+async fn allowlist_admits_listed_domains_only() {
+    let s = policy_setup(
+        22,
+        &["--policy=allowlist", "--allow=a.test", "--allow=b.test"],
+    )
+    .await;
+
+    refused_after_header(
+        &s,
+        ("c.test", "b.test"),
+        ("c.test", "not_allowed"),
+        "c.test is not on xmpptap&apos;s allowlist (--policy allowlist)",
+    )
+    .await;
+    // A subdomain is another domain.
+    refused_after_header(
+        &s,
+        ("x.a.test", "b.test"),
+        ("x.a.test", "not_allowed"),
+        "x.a.test is not on xmpptap&apos;s allowlist (--policy allowlist)",
+    )
+    .await;
+    // The receiving domain is checked too.
+    refused_after_header(
+        &s,
+        ("a.test", "d.test"),
+        ("d.test", "not_allowed"),
+        "d.test is not on xmpptap&apos;s allowlist (--policy allowlist)",
+    )
+    .await;
+
+    // On the list: the stream reaches b.test and stanzas flow both ways.
+    let (mut ini, mut rec) = s.open_plain().await;
+    let message = up_message("ok", "allowed");
+    ini.send(&message).await;
+    rec.expect(&message).await;
+    let reply = down_message("ok2", "welcome");
+    rec.send(&reply).await;
+    ini.expect(&reply).await;
+    let events = s.tap.transcript();
+    assert_eq!(
+        named(&events, "policy").len(),
+        3,
+        "only the three refusals: {events:#?}"
+    );
+}

@@ -671,3 +671,193 @@ async fn policy_blocklist_refuses_a_domain() {
         s.a.failure_context()
     );
 }
+
+/// `--ping-interval 0.5` on a C2S listener, in front of a real Prosody, with a real client (slixmpp over
+/// STARTTLS, trusting xmpptap's CA): once bob's resource is bound, xmpptap pings a.test on his connection
+/// (`<iq type='get' to='a.test'>`, no `from`: Prosody stamps bob's full JID on it) and swallows the answer,
+/// which Prosody addresses to bob's full JID.
+///
+/// Evidence that bob never got an answer: slixmpp logs every stanza it reads at debug level
+/// (`RECV: <iq ...>`, `tests/support/xmpp_client.py --debug`), and no such line carries a ping id. The log
+/// is a fair witness: it shows the bind result bob read and alice's message. Prosody's log
+/// (`Sending[c2s]: <iq ... id='xmpptap-ping-...' to='bob@a.test/...'>`) shows that each answer existed and
+/// went into bob's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c2s_pings_are_answered_and_the_client_never_reads_an_answer() {
+    use support::dns::DnsServer;
+    use support::prosody::{Prosody, ProsodyConfig};
+    use support::pyclient::{ClientArgs, Mode, Outcome, PyClient};
+    use support::xmpptap::Xmpptap;
+
+    const TEST_ID: u8 = 8;
+    const BODY: &str = "between two pings";
+    let started = Instant::now();
+    let dns = DnsServer::start(support::addr(FILE_ID, TEST_ID, 53).into()).await;
+    let prosody = Prosody::start(ProsodyConfig::new(
+        "a.test",
+        support::addr(FILE_ID, TEST_ID, 2),
+        &dns.unbound_forward(),
+    ));
+    prosody.register("alice", "alice-pw").await;
+    prosody.register("bob", "bob-pw").await;
+    prosody.wait_ready().await;
+    let proxy_ip = support::addr(FILE_ID, TEST_ID, 10);
+    let tap = Xmpptap::start(&[
+        format!("--c2s-listen={proxy_ip}:0"),
+        format!("--c2s-route=a.test={}", prosody.c2s_addr()),
+        // Prosody's generated certificate for a.test is self-signed.
+        format!(
+            "--upstream-ca={}",
+            prosody.dir().join("certs").join("a.test.crt").display()
+        ),
+        String::from("--ping-interval=0.5"),
+    ])
+    .await;
+    eprintln!("setup ready in {:?}", started.elapsed());
+    let client = |user: &str| {
+        ClientArgs::new(
+            &format!("{user}@a.test"),
+            &format!("{user}-pw"),
+            tap.listener("c2s"),
+        )
+        .mode(Mode::StartTls)
+        .ca(tap.ca_file())
+        .timeout(Duration::from_secs(60))
+    };
+    let context = |what: &str| {
+        let events: Vec<String> = tap
+            .transcript()
+            .iter()
+            .filter(|e| e["event"] != "data" && e["event"] != "raw_data")
+            .map(Value::to_string)
+            .collect();
+        format!(
+            "{what}\n--- transcript:\n{}\n{}",
+            events.join("\n"),
+            prosody.failure_context()
+        )
+    };
+
+    // bob logs in through xmpptap and waits for alice's message.
+    let mut bob = PyClient::spawn(&client("bob").expect_message_from("alice@a.test"));
+    let session = bob.wait_event("session_started").await;
+    let bob_jid = session["jid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("jid: {session}"))
+        .to_owned();
+    assert_eq!(session["tls"], true, "{session}");
+    bob.wait_event("ready").await;
+    let bind = tap
+        .wait_event("bob's bind result", |e| {
+            is(e, "stanza")
+                && e["dir"] == "down"
+                && e["name"] == "iq"
+                && xml_contains(e, "urn:ietf:params:xml:ns:xmpp-bind")
+                && xml_contains(e, &bob_jid)
+        })
+        .await;
+    let conn = bind["conn"].clone();
+
+    // Pings go every 0.5 s once the resource is bound: wait for two answers on bob's connection.
+    let answered = poll(Duration::from_secs(15), || async {
+        let answered: Vec<Value> = tap
+            .transcript()
+            .into_iter()
+            .filter(|e| is(e, "ping") && e["result"] == "answered" && e["conn"] == conn)
+            .collect();
+        (answered.len() >= 2).then_some(answered)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{}", context("no two answered pings on bob's connection")));
+    let events = tap.transcript();
+    for ping in &answered {
+        eprintln!("ping {} answered in {} ms", ping["id"], ping["rtt_ms"]);
+        let rtt = ping["rtt_ms"].as_f64().unwrap_or_default();
+        assert!(rtt > 0.0 && rtt < 10_000.0, "round trip: {ping}");
+        // On C2S the answer comes back on the connection the ping left on, to bob's full JID.
+        assert_eq!(ping["sent_on"], conn, "{ping}");
+        assert_eq!(ping["pair"], format!("{bob_jid}->a.test"), "{ping}");
+        assert!(ping["error"].is_null(), "Prosody answers pings: {ping}");
+        let sent = events
+            .iter()
+            .find(|e| is(e, "ping") && e["result"] == "sent" && e["id"] == ping["id"])
+            .unwrap_or_else(|| panic!("no sent event for {ping}"));
+        assert_eq!(sent["conn"], conn, "{sent}");
+        assert_eq!(sent["dir"], "up", "{sent}");
+        let id = ping["id"].as_str().unwrap_or_default();
+        assert!(id.starts_with("xmpptap-ping-"), "{ping}");
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| is(e, "ping") && e["conn"] == conn && e["result"] == "timeout"),
+        "{}",
+        context("a ping timed out")
+    );
+
+    // Messages still flow: alice (also through xmpptap) writes to bob.
+    let alice = PyClient::run(&client("alice").send("bob@a.test", BODY)).await;
+    alice.assert_success();
+    let bob = bob.finish().await;
+    bob.assert_success();
+    let received = bob.event("message_received");
+    assert_eq!(received["body"], BODY, "{}", bob.context());
+    assert_eq!(
+        received["from"],
+        alice.event("session_started")["jid"],
+        "{}",
+        bob.context()
+    );
+
+    // What each client read: slixmpp's RECV lines.
+    let reads = |outcome: &Outcome| -> Vec<String> {
+        outcome
+            .stderr
+            .lines()
+            .filter(|line| line.contains("RECV: "))
+            .map(str::to_owned)
+            .collect()
+    };
+    let bob_reads = reads(&bob);
+    assert!(
+        bob_reads
+            .iter()
+            .any(|l| l.contains("<iq") && l.contains("urn:ietf:params:xml:ns:xmpp-bind"))
+            && bob_reads.iter().any(|l| l.contains(BODY)),
+        "bob's log does not show what he read, so it cannot witness anything\n{}",
+        bob.context()
+    );
+    for (who, outcome) in [("bob", &bob), ("alice", &alice)] {
+        let leaked: Vec<String> = reads(outcome)
+            .into_iter()
+            .filter(|line| line.contains("xmpptap-ping-"))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "{who} read the answer to xmpptap's ping: {leaked:#?}"
+        );
+    }
+
+    // Prosody logged sending each answer to bob (`Sending[c2s]: <iq from='a.test' id='...' to='BOB' ...>`):
+    // there was an answer to hide, and it went into bob's stream.
+    for ping in &answered {
+        let id = ping["id"].as_str().unwrap_or_default();
+        let answer = poll(Duration::from_secs(5), || async {
+            prosody
+                .log()
+                .lines()
+                .find(|line| {
+                    line.contains("Sending[c2s]")
+                        && line.contains(&format!("id='{id}'"))
+                        && line.contains(&format!("to='{bob_jid}'"))
+                })
+                .map(str::to_owned)
+        })
+        .await;
+        assert!(
+            answer.is_some(),
+            "Prosody never logged its answer to ping {id}\n{}",
+            prosody.failure_context()
+        );
+    }
+}

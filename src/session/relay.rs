@@ -403,9 +403,7 @@ where
             progress.writing.store(true, Ordering::Relaxed);
             let chunk = src.buf.split_to(batch).freeze();
             obs.data(src.side, false, &chunk);
-            for (offset, frame) in &frames {
-                obs.frame_in(frame, &chunk, *offset);
-            }
+            obs.frames(&frames, &chunk);
             let ops = steer.plan(&frames, &chunk, obs, rewriter);
             frames.clear();
             for op in ops {

@@ -325,6 +325,17 @@ pub enum EventKind {
     },
     /// The writer fell behind and this many events were dropped since the last report.
     TapDropped { count: u64 },
+    /// A run of ordinary stanzas (`message`, `presence`, `iq`) relayed in one batch, handed to the writer as one
+    /// event and parsed there ([`super::stage::Stage::expand`]): the data path then costs one channel send per
+    /// batch instead of a parse and a send per stanza. Expanded into [`EventKind::Stanza`] events before any
+    /// sink sees it; never serialized.
+    #[serde(skip)]
+    Stanzas {
+        /// Where each stanza is in `bytes`.
+        frames: Vec<StanzaAt>,
+        /// The bytes of the run.
+        bytes: Xml,
+    },
     /// Bytes that crossed one leg, as the application sees them (decrypted when the leg uses TLS). Only built
     /// when a capture sink wants them ([`super::Tap::wants_data`]); the JSON Lines transcript skips them.
     Data {
@@ -368,7 +379,9 @@ impl EventKind {
             | EventKind::StreamError { xml, .. }
             | EventKind::Rule { xml, .. }
             | EventKind::Injected { xml, .. } => xml.0.len(),
-            EventKind::Data { bytes, .. } | EventKind::RawData { bytes, .. } => bytes.0.len(),
+            EventKind::Data { bytes, .. }
+            | EventKind::RawData { bytes, .. }
+            | EventKind::Stanzas { bytes, .. } => bytes.0.len(),
             EventKind::Accepted { .. }
             | EventKind::UpstreamConnected { .. }
             | EventKind::UpstreamFailed { .. }
@@ -436,6 +449,17 @@ pub(super) fn rfc3339_micros_bytes(ts: &OffsetDateTime) -> Option<[u8; 27]> {
     put(17, 2, u32::from(utc.second()));
     put(20, 6, utc.microsecond());
     Some(buf)
+}
+
+/// One stanza of an [`EventKind::Stanzas`] run.
+#[derive(Clone, Debug)]
+pub struct StanzaAt {
+    /// Offset in the run's bytes.
+    pub at: usize,
+    /// Length of the whole element.
+    pub len: usize,
+    /// End of its start tag, relative to `at`.
+    pub head_end: usize,
 }
 
 /// One feature xmpptap removed from what the initiator sees.

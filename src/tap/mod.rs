@@ -177,8 +177,18 @@ pub fn spawn_writer_with(
                 let mut next = Some(first);
                 while let Some(mut event) = next {
                     let len = event.kind.payload_len();
-                    stage.process(&mut event);
-                    deliver(&mut sinks, &event);
+                    match stage.expand(&event) {
+                        Some(stanzas) => {
+                            for mut stanza in stanzas {
+                                stage.process(&mut stanza);
+                                deliver(&mut sinks, &stanza);
+                            }
+                        }
+                        None => {
+                            stage.process(&mut event);
+                            deliver(&mut sinks, &event);
+                        }
+                    }
                     drop(event);
                     rx.queued_bytes.fetch_sub(len, Ordering::Relaxed);
                     next = rx.rx.try_recv().ok();

@@ -15,7 +15,7 @@ use super::correlate::{Correlator, Record, Seen};
 use super::event::{Event, EventKind, Xml};
 use super::redact::{mask_str, Redaction, StreamRedactor};
 use crate::side::{Direction, Side};
-use crate::xml::element::StreamHeader;
+use crate::xml::element::{ElementHead, StreamHeader};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -37,6 +37,50 @@ impl Stage {
             context: Context::default(),
             correlator: Correlator::new(),
         }
+    }
+
+    /// The [`EventKind::Stanza`] events of an [`EventKind::Stanzas`] run, each parsed against the stream header
+    /// of its direction, stamped with the run's time; `None` for any other event.
+    pub fn expand(&self, event: &Event) -> Option<Vec<Event>> {
+        let EventKind::Stanzas { frames, bytes } = &event.kind else {
+            return None;
+        };
+        let empty = StreamHeader::default();
+        let header = self.context.header(event.conn, event.dir).unwrap_or(&empty);
+        let events = frames
+            .iter()
+            .map(|f| {
+                let xml = bytes.0.slice(f.at..f.at + f.len);
+                let kind = match ElementHead::parse(&xml[..f.head_end], header) {
+                    Ok(head) => EventKind::Stanza {
+                        name: head.name,
+                        ns: head.ns,
+                        kind: head.kind,
+                        id: head.id,
+                        from: head.from,
+                        to: head.to,
+                        xml: Xml(xml),
+                    },
+                    Err(_) => EventKind::Stanza {
+                        name: String::from("?"),
+                        ns: None,
+                        kind: None,
+                        id: None,
+                        from: None,
+                        to: None,
+                        xml: Xml(xml),
+                    },
+                };
+                Event {
+                    ts: event.ts,
+                    conn: event.conn,
+                    dir: event.dir,
+                    kind,
+                    notes: Default::default(),
+                }
+            })
+            .collect();
+        Some(events)
     }
 
     /// Redacts and annotates one event in place.

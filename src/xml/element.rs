@@ -617,6 +617,18 @@ impl StreamError {
     }
 }
 
+/// Whether a start tag is an ordinary stanza (`message`, `presence`, `iq`, unprefixed), told by its first
+/// bytes: the data path looks no further at those unless someone asks.
+pub fn is_ordinary_stanza(tag: &[u8]) -> bool {
+    let name_end = |len: usize| {
+        tag.get(len)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>'))
+    };
+    (tag.starts_with(b"<message") && name_end(8))
+        || (tag.starts_with(b"<presence") && name_end(9))
+        || (tag.starts_with(b"<iq") && name_end(3))
+}
+
 /// The stream error conditions of RFC 6120 4.9.3.
 pub const STREAM_CONDITIONS: &[&str] = &[
     "bad-format",
