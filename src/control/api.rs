@@ -56,35 +56,6 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Stream error conditions (RFC 6120 4.9.3) a close request may name.
-const STREAM_CONDITIONS: &[&str] = &[
-    "bad-format",
-    "bad-namespace-prefix",
-    "conflict",
-    "connection-timeout",
-    "host-gone",
-    "host-unknown",
-    "improper-addressing",
-    "internal-server-error",
-    "invalid-from",
-    "invalid-namespace",
-    "invalid-xml",
-    "not-authorized",
-    "not-well-formed",
-    "policy-violation",
-    "remote-connection-failed",
-    "reset",
-    "resource-constraint",
-    "restricted-xml",
-    "see-other-host",
-    "system-shutdown",
-    "undefined-condition",
-    "unsupported-encoding",
-    "unsupported-feature",
-    "unsupported-stanza-type",
-    "unsupported-version",
-];
-
 /// The API's router, every route behind the token check and the request log.
 pub(super) fn router(control: Arc<Control>) -> Router {
     Router::new()
@@ -307,7 +278,7 @@ fn closing(conn: u64) -> Response {
 /// A close request's condition must be an RFC 6120 condition and its text must be writable as XML.
 fn check_close(request: &CloseRequest) -> ApiResult<()> {
     if let Some(condition) = &request.condition {
-        if !STREAM_CONDITIONS.contains(&condition.as_str()) {
+        if crate::xml::element::stream_condition(condition).is_none() {
             return Err(ApiError::bad_request(format!(
                 "{condition:?} is not a stream error condition (RFC 6120 4.9.3), e.g. policy-violation"
             )));

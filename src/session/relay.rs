@@ -498,14 +498,11 @@ async fn write_own<W: AsyncWrite>(
     obs: &Observer,
     dst_side: Side,
 ) -> Result<(), SessionError> {
-    let io = |source| SessionError::Io {
+    write_shaped(dst, bytes, &mut Shaping::default(), obs, dst_side).await?;
+    dst.flush().await.map_err(|source| SessionError::Io {
         side: dst_side,
         source,
-    };
-    dst.write_all(bytes).await.map_err(io)?;
-    dst.flush().await.map_err(io)?;
-    obs.data(dst_side, true, bytes);
-    Ok(())
+    })
 }
 
 /// Writes `bytes` as the direction's shaping says: at once, at a throttled rate, in slices, or only up to
