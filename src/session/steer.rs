@@ -192,13 +192,6 @@ impl Steer {
                 ops.push(Op::Write(rewritten));
                 continue;
             }
-            if !ordinary {
-                self.learn(&head, &bytes);
-            } else if !self.established.load(Ordering::Relaxed)
-                && ping::shows_established(self.dir, &head, &bytes, self.listener)
-            {
-                self.established.store(true, Ordering::Relaxed);
-            }
             if pings {
                 if let Some(answer) = self.shared.pinger.answer(tag, &bytes, &stream) {
                     flush(&mut ops, chunk, &mut copied, offset);
@@ -220,6 +213,7 @@ impl Steer {
                 }
             }
             if rules.is_empty() {
+                self.learn(&head, &bytes, false);
                 continue;
             }
             let subject = Subject {
@@ -232,6 +226,9 @@ impl Steer {
                 bytes: &bytes,
             };
             let decision = rules.decide(&subject, &mut self.state, &mut || rand::random::<f64>());
+            // What the initiator is told counts: a dialback answer a rule turns invalid is invalid.
+            let inverted = decision.is_some_and(|d| matches!(d.action, Action::DialbackInvalid));
+            self.learn(&head, &bytes, inverted);
             let Some(decision) = decision else { continue };
             flush(&mut ops, chunk, &mut copied, offset);
             copied = end;
@@ -405,10 +402,23 @@ impl Steer {
     }
 
     /// What a stream-level element tells the connection's entry and the metrics.
-    fn learn(&self, head: &ElementHead, bytes: &Bytes) {
+    /// `inverted`: a `dialback_invalid` rule turns this element's `valid` into `invalid`.
+    fn learn(&self, head: &ElementHead, bytes: &Bytes, inverted: bool) {
+        if is_ordinary_stanza(bytes) {
+            if !self.established.load(Ordering::Relaxed)
+                && ping::shows_established(self.dir, head, bytes, self.listener)
+            {
+                self.established.store(true, Ordering::Relaxed);
+            }
+            return;
+        }
         match (head.ns.as_deref(), head.local.as_str()) {
             (Some(NS_DIALBACK), "result") if self.dir == Direction::Down => {
-                if let Some(result) = head.kind.as_deref() {
+                let told = match head.kind.as_deref() {
+                    Some("valid") if inverted => Some("invalid"),
+                    told => told,
+                };
+                if let Some(result) = told {
                     self.shared.metrics.dialback(result);
                     let result = result.to_owned();
                     self.entry.update(|s| s.dialback = Some(result));
@@ -424,7 +434,8 @@ impl Steer {
             }
             _ => {}
         }
-        if !self.established.load(Ordering::Relaxed)
+        if !inverted
+            && !self.established.load(Ordering::Relaxed)
             && ping::shows_established(self.dir, head, bytes, self.listener)
         {
             self.established.store(true, Ordering::Relaxed);
