@@ -55,7 +55,14 @@ struct Inner {
     key_log: Option<Arc<dyn KeyLog>>,
     /// One client config per ALPN value, so sessions to the same receiver can resume.
     connectors: Mutex<HashMap<Vec<u8>, Arc<ClientConfig>>>,
+    /// One server config per intercepted domain (at most [`MAX_CACHED_ACCEPTORS`]): a config per connection
+    /// would cost memory and CPU per handshake and could never resume a session.
+    acceptors: Mutex<HashMap<String, TlsAcceptor>>,
 }
+
+/// Domains whose acceptor is kept; past this, acceptors are built per connection (nothing is evicted, so that
+/// a flood of new names cannot churn the cache of the domains in use).
+const MAX_CACHED_ACCEPTORS: usize = 10_000;
 
 impl fmt::Debug for TlsContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -107,6 +114,7 @@ impl TlsContext {
                 upstream_verifier,
                 key_log: None,
                 connectors: Mutex::new(HashMap::new()),
+                acceptors: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -124,6 +132,7 @@ impl TlsContext {
                 upstream_verifier: inner.upstream_verifier.clone(),
                 key_log: Some(key_log),
                 connectors: Mutex::new(HashMap::new()),
+                acceptors: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -134,12 +143,29 @@ impl TlsContext {
     ///
     /// A client offering ALPN protocols but neither of those is refused by rustls (`no_application_protocol`).
     pub fn acceptor_for(&self, domain: &str) -> Result<TlsAcceptor, TlsError> {
-        let leaf = self.inner.ca.leaf(domain)?;
-        let resolver = Arc::new(SingleCertAndKey::from(leaf));
+        // Mints (or finds) the leaf now, so that a name the CA refuses is an error here, not a failed handshake.
+        self.inner.ca.leaf(domain)?;
+        let key = domain.to_ascii_lowercase();
+        // The map holds no invariant a panicking holder could have broken, so a poisoned lock is still usable.
+        let mut acceptors = self
+            .inner
+            .acceptors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(acceptor) = acceptors.get(&key) {
+            return Ok(acceptor.clone());
+        }
+        // The resolver asks the CA at each handshake, so a leaf re-minted before it expires is picked up.
+        let resolver = Arc::new(DomainResolver {
+            ca: self.inner.ca.clone(),
+            domain: key.clone(),
+        });
         let alpn = ACCEPTED_ALPN.iter().map(|p| p.to_vec()).collect();
-        Ok(TlsAcceptor::from(Arc::new(
-            self.server_config(resolver, alpn),
-        )))
+        let acceptor = TlsAcceptor::from(Arc::new(self.server_config(resolver, alpn)));
+        if acceptors.len() < MAX_CACHED_ACCEPTORS {
+            acceptors.insert(key, acceptor.clone());
+        }
+        Ok(acceptor)
     }
 
     /// An acceptor that mints a certificate for the SNI name, or for `default_domain` when there is none (for
@@ -230,6 +256,25 @@ impl TlsContext {
             config.key_log = key_log.clone();
         }
         config
+    }
+}
+
+/// The certificate of one domain, from the CA's cache (re-minted there when it gets old).
+#[derive(Debug)]
+struct DomainResolver {
+    ca: Arc<Ca>,
+    domain: String,
+}
+
+impl ResolvesServerCert for DomainResolver {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match self.ca.leaf(&self.domain) {
+            Ok(leaf) => Some(leaf),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), domain = %self.domain, "no certificate");
+                None
+            }
+        }
     }
 }
 
@@ -545,6 +590,17 @@ mod tests {
             .expect("handshake");
         assert_eq!(server.peer_subject.as_deref(), Some("CN=a.test, O=xmpptap"));
         assert!(server.peer_sans.contains(&"xmppAddr:a.test".to_owned()));
+    }
+
+    #[test]
+    fn acceptors_are_kept_per_domain() {
+        let dir = TempDir::new("acceptor-cache");
+        let ctx = context(&dir, |_| UpstreamTrust::DangerousAcceptAny);
+        let first = ctx.acceptor_for("b.example").expect("acceptor");
+        let again = ctx.acceptor_for("B.example").expect("acceptor");
+        let other = ctx.acceptor_for("c.example").expect("acceptor");
+        assert!(Arc::ptr_eq(first.config(), again.config()));
+        assert!(!Arc::ptr_eq(first.config(), other.config()));
     }
 
     #[test]
