@@ -3,6 +3,7 @@
 # xmpptap with STARTTLS and Server Dialback, and xmpptap's transcript is printed live.
 #
 #   examples/federation-demo.sh
+#   examples/federation-demo.sh --rules examples/rules/delay.toml --ping-interval 1   # more xmpptap flags
 #
 # On Debian/Ubuntu with Rust installed. It installs what is missing (prosody, lua-unbound; apt-get, with sudo
 # when not root), builds xmpptap, and runs examples/federation_demo.rs. Everything runs on loopback addresses
@@ -72,4 +73,5 @@ export XMPPTAP_BIN="${target_dir:-target}/debug/xmpptap"
 [ -x "$XMPPTAP_BIN" ] || die "built, but no binary at $XMPPTAP_BIN"
 
 say "Running the demo (cargo run --example federation_demo)"
+export XMPPTAP_DEMO_ARGS="$*"
 exec cargo run --quiet --example federation_demo

@@ -17,7 +17,8 @@
 //! as it is written to `federation-demo.jsonl` in the current directory (or `$XMPPTAP_DEMO_TRANSCRIPT`).
 //!
 //! Environment: `XMPPTAP_BIN` (default: the `xmpptap` next to this example's build directory),
-//! `XMPPTAP_DEMO_TRANSCRIPT`, `NO_COLOR`.
+//! `XMPPTAP_DEMO_TRANSCRIPT`, `XMPPTAP_DEMO_ARGS` (more `xmpptap proxy` flags, e.g. `--ping-interval 1` or
+//! `--rules examples/rules/delay.toml`), `NO_COLOR`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -271,12 +272,16 @@ async fn demo(style: Style, out: PathBuf) -> anyhow::Result<()> {
         &forward,
     ));
     let proxy_ip = support::addr(FILE_ID, RUN_ID, 10);
-    let args = vec![
+    let mut args = vec![
         format!("--s2s-listen={proxy_ip}:0"),
         format!("--route=a.test={}", a.s2s_addr()),
         format!("--route=b.test={}", b.s2s_addr()),
         String::from("--dangerous-accept-any-upstream-cert"),
     ];
+    // More `xmpptap proxy` flags from the command line of federation-demo.sh (rules, pings, control API).
+    if let Some(more) = std::env::var_os("XMPPTAP_DEMO_ARGS") {
+        args.extend(more.to_string_lossy().split_whitespace().map(str::to_owned));
+    }
     let tap = Xmpptap::start(&args).await;
     for domain in ["a.test", "b.test"] {
         dns.add_srv(
