@@ -588,8 +588,18 @@ fn paint_text(text: &str, p: &Paint) -> String {
     }
 }
 
-/// The markup of `xml`, tags already rendered (and coloured); `None` when it cannot be read.
+/// The markup of `xml`, tags already rendered (and coloured); `None` when it cannot be read. A byte order mark
+/// at the start is left out, as an XML parser leaves it out.
 fn tokenize(xml: &str, p: &Paint) -> Option<Vec<Token>> {
+    // quick-xml skips a UTF-8 byte order mark at the start of its input without counting it in
+    // `buffer_position` (see `Redaction::scan` in `crate::tap::redact`): add its length back to every position
+    // before cutting `xml`. The reader gets all of `xml`, so that it skips this mark and only this one; a second
+    // mark is text.
+    let bom = if xml.starts_with('\u{feff}') {
+        '\u{feff}'.len_utf8()
+    } else {
+        0
+    };
     let mut reader = Reader::from_str(xml);
     let config = reader.config_mut();
     config.check_end_names = false;
@@ -603,9 +613,15 @@ fn tokenize(xml: &str, p: &Paint) -> Option<Vec<Token>> {
         text.clear();
     };
     loop {
-        let before = usize::try_from(reader.buffer_position()).ok()?;
+        let before = usize::try_from(reader.buffer_position())
+            .ok()?
+            .checked_add(bom)?;
         let event = reader.read_event().ok()?;
-        let after = usize::try_from(reader.buffer_position()).ok()?;
+        let after = usize::try_from(reader.buffer_position())
+            .ok()?
+            .checked_add(bom)?;
+        // `get`, not indexing: a position that is off (past the end, inside a character) makes the whole
+        // fragment print as it is rather than panic.
         let raw = xml.get(before..after)?;
         match event {
             XmlEvent::Text(_) | XmlEvent::GeneralRef(_) | XmlEvent::CData(_) => text.push_str(raw),
@@ -1042,6 +1058,78 @@ not json
         );
         assert!(text.contains("    <auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>[redacted:20]*******</auth>"), "{text}");
         assert!(!text.contains("data"), "{text}");
+    }
+
+    /// quick-xml skips a UTF-8 byte order mark at the start of its input without counting it in its positions,
+    /// which `tokenize` uses to cut text out of the record's `xml` (the same shift as in
+    /// `crate::tap::redact`): text came out three bytes early, or not at all when the cut fell inside a
+    /// character. The mark itself is not printed.
+    #[test]
+    fn byte_order_mark_does_not_shift_text() {
+        let mut viewer = Viewer::new(false, Filter::default());
+        let mut out = Vec::new();
+        let lines = [
+            r#"{"ts":"2026-11-22T02:55:37.424945Z","conn":1,"dir":"up","event":"stream_opened","stream":0,"xml":"\ufeff<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>"}"#,
+            r#"{"ts":"2026-11-22T02:55:37.450540Z","conn":1,"dir":"up","event":"stanza","name":"message","xml":"\ufeff<message to='bob@b.test'><body>hello</body></message>"}"#,
+            r#"{"ts":"2026-11-22T02:55:37.450540Z","conn":1,"dir":"up","event":"stanza","name":"message","xml":"\ufeff<message><body>h\u00e9llo w\u00f6rld \u2713</body></message>"}"#,
+        ];
+        for line in lines {
+            viewer.line(line, &mut out).expect("writes");
+        }
+        let text = String::from_utf8(out).expect("utf-8");
+        let expected = "\
+02:55:37.424 conn 1  initiator -> receiver  stream 0
+    <?xml version='1.0'?>
+    <stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'>
+02:55:37.450 conn 1  initiator -> receiver  message
+    <message to='bob@b.test'>
+      <body>hello</body>
+    </message>
+02:55:37.450 conn 1  initiator -> receiver  message
+    <message>
+      <body>h\u{e9}llo w\u{f6}rld \u{2713}</body>
+    </message>
+";
+        assert_eq!(text, expected);
+    }
+
+    /// Only the first mark is skipped (by quick-xml, as by an XML parser); a second one is text.
+    #[test]
+    fn second_byte_order_mark_is_text() {
+        let mut out = String::new();
+        pretty_xml("\u{feff}\u{feff}<a>x</a>", &Paint(false), &mut out);
+        assert_eq!(out, "    \u{feff}\n    <a>x</a>\n");
+    }
+
+    /// Every prefix (cut between characters, as a record's text can be) of fragments with byte order marks,
+    /// multi-byte text, CDATA, comments, declarations and references prints without panicking, through the
+    /// path `xmpptap show` takes.
+    #[test]
+    fn odd_fragments_do_not_panic() {
+        let fragments = [
+            "\u{feff}<?xml version='1.0'?><stream:stream xmlns='jabber:server'><message><body>h\u{e9}llo \u{2713}</body></message>",
+            "\u{feff}\u{feff}\u{feff}<a>\u{feff}</a>",
+            "\u{feff}<a><![CDATA[\u{e9}\u{2713}]]><!-- \u{1F600} --><?pi \u{e9}?>&amp;&#xe9;</a></b>",
+            "\u{feff}\u{1F600}<a x='\u{e9}\"' y=\"'\u{2713}\"/>\u{feff}",
+            "\u{feff}",
+            "\u{feff} ",
+        ];
+        for fragment in fragments {
+            for (cut, _) in fragment.char_indices().chain([(fragment.len(), ' ')]) {
+                let xml = &fragment[..cut];
+                for color in [false, true] {
+                    let mut viewer = Viewer::new(color, Filter::default());
+                    // A timestamp whose byte 11 falls inside a character.
+                    let record = serde_json::json!({
+                        "ts": "2026-11-22\u{2713}02:55:37.424607Z", "conn": 1, "event": "stanza", "xml": xml,
+                    });
+                    let record: Map<String, Value> =
+                        serde_json::from_value(record).expect("a JSON object");
+                    let mut out = Vec::new();
+                    viewer.record(&record, "", &mut out).expect("writes");
+                }
+            }
+        }
     }
 
     #[test]

@@ -26,14 +26,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::{json, Value};
 use support::dns::DnsServer;
 use support::prosody::{Prosody, ProsodyConfig};
 use support::pyclient::{ClientArgs, Mode, Outcome, PyClient};
+use support::scratch::{Scratch, TestCa};
 use support::xmpptap::Xmpptap;
 
 const FILE_ID: u8 = 60;
@@ -43,82 +40,6 @@ const BODY: &str = "hello bob <&> 'quotes' \"and\" ünïcödé ✓";
 /// The roster file for `mod_groups`: alice and bob in two groups, named.
 const GROUPS: &str =
     "[Friends]\nalice@a.test=Alice\nbob@a.test=Bob\n[Work]\nalice@a.test=Alice\nbob@a.test=Bob\n";
-
-/// A directory of this test's files (CA certificates, the groups file); removed on drop unless
-/// the test failed.
-#[derive(Debug)]
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test_id: u8) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "xmpptap-c2s-direct-{}-{test_id}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {dir:?}: {e}"));
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- kept {:?} for debugging", self.0);
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A test CA: its certificate as PEM, and leaf certificates signed by it.
-struct TestCa {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("CA key: {e}"));
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("xmpptap test CA {name}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params
-            .self_signed(&key)
-            .unwrap_or_else(|e| panic!("CA certificate: {e}"));
-        TestCa {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `dns_name`.
-    fn leaf(&self, dns_name: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("leaf key: {e}"));
-        let mut params = CertificateParams::new(vec![dns_name.to_owned()])
-            .unwrap_or_else(|e| panic!("leaf params for {dns_name}: {e}"));
-        params.distinguished_name.push(DnType::CommonName, dns_name);
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .unwrap_or_else(|e| panic!("leaf certificate for {dns_name}: {e}"));
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 struct Setup {
     // Field order is drop order: the server stops before its DNS and files go.
@@ -155,8 +76,8 @@ impl Setup {
 /// fresh test CA, alice and bob registered, the groups roster.
 async fn setup(test_id: u8, cert_name: &str) -> Setup {
     let started = Instant::now();
-    let scratch = Scratch::new(test_id);
-    let ca = TestCa::new(&format!("{FILE_ID}.{test_id}"));
+    let scratch = Scratch::new("xmpptap-c2s-direct", test_id);
+    let ca = TestCa::new(&format!("xmpptap test CA {FILE_ID}.{test_id}"));
     let ca_file = scratch.write("ca.pem", &ca.pem);
     let groups_file = scratch.write("groups.txt", GROUPS);
 
@@ -332,7 +253,9 @@ async fn direct_tls_plain_roster_and_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_from_another_ca_is_refused() {
     let s = setup(7, DOMAIN).await;
-    let other_ca = s.scratch.write("other-ca.pem", &TestCa::new("other").pem);
+    let other_ca = s
+        .scratch
+        .write("other-ca.pem", &TestCa::new("xmpptap test CA other").pem);
     for mode in [Mode::StartTls, Mode::DirectTls] {
         let outcome = PyClient::run(&s.client("alice", mode).ca(&other_ca)).await;
         let error = outcome.assert_failure();

@@ -22,14 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::{json, Value};
 use support::client::Client;
 use support::dns::DnsServer;
 use support::prosody::{Prosody, ProsodyConfig};
+use support::scratch::{Scratch, TestCa};
 
 const FILE_ID: u8 = 110;
 
@@ -128,84 +125,6 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// A directory of this test's files; removed on drop unless the test failed.
-#[derive(Debug)]
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test_id: u8) -> Scratch {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "xmpptap-probe-{}-{test_id}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {dir:?}: {e}"));
-        Scratch(dir)
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {path:?}: {e}"));
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- kept {:?} for debugging", self.0);
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A test CA and leaf certificates signed by it.
-struct TestCa {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> TestCa {
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("CA key: {e}"));
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("xmpptap probe test CA {name}"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params
-            .self_signed(&key)
-            .unwrap_or_else(|e| panic!("CA certificate: {e}"));
-        TestCa {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// (certificate PEM, key PEM) for `dns_name`, usable by servers and clients.
-    fn leaf(&self, dns_name: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("leaf key: {e}"));
-        let mut params = CertificateParams::new(vec![dns_name.to_owned()])
-            .unwrap_or_else(|e| panic!("leaf params for {dns_name}: {e}"));
-        params.distinguished_name.push(DnType::CommonName, dns_name);
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .unwrap_or_else(|e| panic!("leaf certificate for {dns_name}: {e}"));
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 fn lua_str(path: &Path) -> String {
     format!("[==[{}]==]", path.display())
 }
@@ -223,8 +142,8 @@ struct Setup {
 impl Setup {
     /// A DNS server and the CA; servers are added with [`Setup::server`].
     async fn new(test_id: u8) -> Setup {
-        let scratch = Scratch::new(test_id);
-        let test_ca = TestCa::new(&format!("{FILE_ID}.{test_id}"));
+        let scratch = Scratch::new("xmpptap-probe", test_id);
+        let test_ca = TestCa::new(&format!("xmpptap probe test CA {FILE_ID}.{test_id}"));
         let ca_file = scratch.write("ca.pem", &test_ca.pem);
         let dns = DnsServer::start(support::addr(FILE_ID, test_id, 53).into()).await;
         Setup {
@@ -254,7 +173,7 @@ impl Setup {
             support::addr(FILE_ID, self.test_id, host),
             &self.dns.unbound_forward(),
         );
-        config.certificate = Some(self.test_ca.leaf(domain));
+        config.certificate = Some(self.test_ca.leaf_with_client_auth(domain));
         edit(&mut config);
         let prosody = Prosody::start(config);
         prosody.wait_ready().await;
@@ -608,7 +527,7 @@ async fn s2s_sasl_external_with_a_client_certificate() {
             c.extra_global_config = format!("s2s_ssl = {{ cafile = [==[{ca}]==] }}\n");
         })
         .await;
-    let (cert, key) = s.test_ca.leaf("probe.test");
+    let (cert, key) = s.test_ca.leaf_with_client_auth("probe.test");
     let cert_file = s.scratch.write("probe.test.crt", &cert);
     let key_file = s.scratch.write("probe.test.key", &key);
     let addr = s.servers[b].s2s_addr();

@@ -7,8 +7,8 @@
 //! (`xmppAddr`, RFC 6120 13.7.1.4; `SRVName`, RFC 7590 / RFC 4985) that WebPKI does not read. A chain that does
 //! not verify stops the handshake, unless `--dangerous-accept-any-cert`; either way the report says why.
 //!
-//! Reuses [`crate::tls`]: [`UpstreamTrust`] for the trust choice, its root loaders, [`crate::tls::client_info`]
-//! for the session parameters and its subjectAltName notation.
+//! Reuses [`crate::tls`]: [`UpstreamTrust`] for the trust choice, its root loaders, its accept-any verifier for the
+//! handshake signatures, [`crate::tls::client_info`] for the session parameters and its subjectAltName notation.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{
-    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
-};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
 use serde::Serialize;
@@ -307,7 +305,9 @@ struct RecordingVerifier {
     trust_label: String,
     accept_any: bool,
     domain: String,
-    algorithms: WebPkiSupportedAlgorithms,
+    /// Checks the handshake signatures: the proxy's `--dangerous-accept-any-upstream-cert` verifier, whose (absent)
+    /// chain check is never asked for, since [`RecordingVerifier::judge`] does that.
+    signatures: Arc<dyn ServerCertVerifier>,
     seen: Mutex<Option<Seen>>,
 }
 
@@ -323,7 +323,9 @@ impl RecordingVerifier {
             trust_label: tls.trust_label.clone(),
             accept_any: tls.accept_any,
             domain: domain.to_owned(),
-            algorithms: tls.provider.signature_verification_algorithms,
+            signatures: Arc::new(crate::tls::AcceptAnyServerCert::new(
+                tls.provider.signature_verification_algorithms,
+            )),
             seen: Mutex::new(None),
         })
     }
@@ -443,7 +445,7 @@ impl ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -452,11 +454,11 @@ impl ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.algorithms)
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 

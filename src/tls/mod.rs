@@ -33,6 +33,7 @@ pub use config::{TlsContext, UpstreamTrust};
 /// For `xmpptap probe`'s certificate chain description.
 pub(crate) use info::subject_alt_names;
 pub use info::{client_info, server_info, TlsInfo};
+pub(crate) use verify::AcceptAnyServerCert;
 
 /// What can go wrong building TLS configurations. Handshake failures are not here: they surface as I/O errors from
 /// the acceptor or connector, on the leg that failed.

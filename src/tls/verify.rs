@@ -1,7 +1,8 @@
 //! Certificate verifiers xmpptap needs beyond rustls's WebPKI one.
 //!
 //! Both still check handshake signatures, so the peer must hold the key of the certificate it shows; what they skip
-//! is the chain and name check. Choosing when to use them is [`super::TlsContext`]'s job.
+//! is the chain and name check. Choosing when to use them is [`super::TlsContext`]'s job; `xmpptap probe` borrows
+//! the accept-any one for its handshake signatures only.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};

@@ -10,6 +10,8 @@
 //! - `xmpptap`: runs the real `xmpptap` binary and reads its transcript.
 //! - `federation`: a.test and b.test, two real Prosody servers federating through xmpptap.
 //! - `fake`: fake XMPP peers speaking literal bytes (plain and TLS), for the proxy's edge cases.
+//! - `scratch`: a test's scratch directory, and a test CA for the certificates of the servers it
+//!   starts.
 //!
 //! # Addresses
 //! Each test gets its own slice of loopback, `127.<file>.<test>.<host>` (see [`addr`]), so tests
@@ -48,6 +50,7 @@ pub mod fake;
 pub mod federation;
 pub mod prosody;
 pub mod pyclient;
+pub mod scratch;
 pub mod xmpptap;
 
 use std::net::{IpAddr, Ipv4Addr};
