@@ -467,6 +467,48 @@ fn summary(record: &Map<String, Value>, p: &Paint) -> String {
             num("stanzas_down"),
             num("duration_ms")
         ),
+        "rule" => {
+            let mut s = format!(
+                "{} {} {}",
+                p.yellow("rule"),
+                text("rule").unwrap_or("?"),
+                text("action").unwrap_or("?")
+            );
+            if let Some(detail) = text("detail") {
+                let _ = write!(s, ": {detail}");
+            }
+            if let Some(refused) = text("refused") {
+                let _ = write!(s, " {}", p.red(&format!("refused: {refused}")));
+            }
+            s
+        }
+        "injected" => format!(
+            "{} by {}",
+            p.yellow("injected"),
+            text("origin").unwrap_or("?")
+        ),
+        "ping" => {
+            let mut s = format!(
+                "{} {} {}",
+                p.cyan("ping"),
+                text("pair").unwrap_or("?"),
+                text("result").unwrap_or("?")
+            );
+            if let Some(rtt) = record.get("rtt_ms").and_then(Value::as_f64) {
+                let _ = write!(s, " in {rtt:.1} ms");
+            }
+            if let Some(error) = text("error") {
+                let _ = write!(s, " ({error})");
+            }
+            s
+        }
+        "policy" => format!(
+            "{} {} {}: {}",
+            p.red("policy"),
+            text("action").unwrap_or("?"),
+            text("domain").unwrap_or("?"),
+            text("detail").unwrap_or("?")
+        ),
         "tap_dropped" => p.red(&format!(
             "{} events dropped (the transcript writer fell behind)",
             num("count")
@@ -905,6 +947,31 @@ not json
     <iq type='result' id='p1' from='b.test' to='a.test'/>
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn rules_pings_and_policy() {
+        let lines = r#"{"ts":"2026-11-22T02:55:38.000000Z","conn":1,"dir":"up","event":"rule","rule":"slow","action":"delay","detail":"2000 ms","xml":"<message/>"}
+{"ts":"2026-11-22T02:55:38.100000Z","conn":1,"dir":"up","event":"rule","rule":"gone","action":"drop","refused":"stream management is enabled","xml":"<message/>"}
+{"ts":"2026-11-22T02:55:38.200000Z","conn":2,"dir":"up","event":"ping","id":"x","pair":"a.test->b.test","result":"answered","rtt_ms":12.34,"sent_on":1}
+{"ts":"2026-11-22T02:55:38.300000Z","conn":3,"dir":"down","event":"policy","domain":"c.test","reason":"blocked","action":"refused","detail":"c.test is on xmpptap's blocklist"}
+{"ts":"2026-11-22T02:55:38.400000Z","conn":1,"dir":"up","event":"injected","origin":"control","xml":"<message/>"}
+"#;
+        let mut viewer = Viewer::new(false, Filter::default());
+        let mut out = Vec::new();
+        for line in lines.lines() {
+            viewer.line(line, &mut out).expect("writes");
+        }
+        let text = String::from_utf8(out).expect("utf-8");
+        for expected in [
+            "rule slow delay: 2000 ms",
+            "rule gone drop refused: stream management is enabled",
+            "ping a.test->b.test answered in 12.3 ms",
+            "policy refused c.test: c.test is on xmpptap's blocklist",
+            "injected by control",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in:\n{text}");
+        }
     }
 
     #[test]
