@@ -862,6 +862,28 @@ impl Renderer {
                 "the transcript writer fell behind: {} events dropped",
                 e["count"]
             )),
+            "rule" => {
+                let text = |key: &str| e[key].as_str().unwrap_or("?").to_owned();
+                let mut line = format!("rule {} {}", text("rule"), text("action"));
+                if let Some(detail) = e["detail"].as_str() {
+                    line.push_str(&format!(": {detail}"));
+                }
+                if let Some(refused) = e["refused"].as_str() {
+                    line.push_str(&format!(" (refused: {refused})"));
+                }
+                s.yellow(line)
+            }
+            "ping" => {
+                let mut line = format!(
+                    "ping {} {}",
+                    e["pair"].as_str().unwrap_or("?"),
+                    e["result"].as_str().unwrap_or("?")
+                );
+                if let Some(rtt) = e["rtt_ms"].as_f64() {
+                    line.push_str(&format!(" in {rtt:.1} ms"));
+                }
+                line
+            }
             other => {
                 // An event this renderer does not know yet: show its fields, minus the envelope.
                 let mut rest = e.clone();
