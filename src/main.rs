@@ -162,6 +162,47 @@ async fn check(config: ProxyConfig) -> ExitCode {
             .idle_timeout
             .map_or_else(|| String::from("never"), |idle| format!("{idle:?}")),
     );
+    if let Some(path) = &config.rules {
+        // --check already parsed the file (ProxyConfig::merge): count what it holds.
+        let count = xmpptap::rules::SharedRules::new(Some(path.clone()))
+            .map_or(0, |rules| rules.current().rules().len());
+        let noun = if count == 1 { "rule" } else { "rules" };
+        println!("  rules:        {} ({count} {noun})", path.display());
+    }
+    if let Some((interval, timeout)) = config.ping {
+        println!("  pings:        every {interval:?}, timeout {timeout:?}");
+    }
+    if let Some(addr) = config.control {
+        let token = if config.control_token.is_some() {
+            "bearer token required"
+        } else {
+            "no token"
+        };
+        println!("  control API:  http://{addr}/ ({token})");
+    }
+    let policy = &config.policy;
+    if !policy.is_open() {
+        let mut parts = vec![policy.mode.to_string()];
+        if !policy.allow.is_empty() {
+            parts.push(format!("allow {}", policy.allow.join(", ")));
+        }
+        if !policy.block.is_empty() {
+            parts.push(format!("block {}", policy.block.join(", ")));
+        }
+        if let Some(n) = policy.rate_connections {
+            parts.push(format!("{n} connections/min"));
+        }
+        if let Some(n) = policy.rate_stanzas {
+            parts.push(format!("{n} stanzas/s"));
+        }
+        if let Some(n) = policy.rate_bytes {
+            parts.push(format!("{n} bytes/s"));
+        }
+        if policy.rate_stanzas.is_some() || policy.rate_bytes.is_some() {
+            parts.push(format!("over the rate: {:?}", policy.rate_exceeded).to_lowercase());
+        }
+        println!("  policy:       {}", parts.join("; "));
+    }
     if let Some(keylog) = &config.keylog {
         println!("  TLS key log:  {} (mode 0600)", keylog.display());
     }
