@@ -16,7 +16,7 @@ use crate::config::ListenerKind;
 use crate::control::metrics::Metrics;
 use crate::control::registry::{ConnEntry, InjectOrigin, Injection};
 use crate::policy::Policy;
-use crate::rules::{Action, Decision, InjectAt, RuleSet, RuleState, SharedRules, Subject};
+use crate::rules::{Action, Decision, InjectAt, RuleState, SharedRules, Subject};
 use crate::side::Direction;
 use crate::tap::event::Xml;
 use crate::tap::EventKind;
@@ -232,7 +232,7 @@ impl Steer {
             let Some(decision) = decision else { continue };
             flush(&mut ops, chunk, &mut copied, offset);
             copied = end;
-            self.act(&decision, &rules, &stream, bytes, obs, &mut ops);
+            self.act(&decision, &stream, bytes, obs, &mut ops);
             if matches!(ops.last(), Some(Op::End(_) | Op::StallForever)) {
                 // Nothing after this element goes anywhere: it is neither acted upon nor counted.
                 self.count(stanzas, end as u64, &mut ops, obs);
@@ -273,7 +273,6 @@ impl Steer {
     fn act(
         &mut self,
         decision: &Decision<'_>,
-        _rules: &RuleSet,
         stream: &StreamHeader,
         bytes: Bytes,
         obs: &Observer,
@@ -596,6 +595,7 @@ mod tests {
     use super::*;
     use crate::control::registry::{ConnHandle, Registry};
     use crate::policy::{Exceeded, PolicyConfig};
+    use crate::rules::RuleSet;
     use crate::session::observe::SmIndex;
     use crate::side::Side;
     use crate::tap::Tap;
