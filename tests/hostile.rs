@@ -357,10 +357,18 @@ fn local_addr(peer: &mut Tcp) -> SocketAddr {
 
 /// The connection id xmpptap gave the initiator at `peer`.
 async fn conn_at(tap: &Xmpptap, peer: SocketAddr) -> u64 {
+    conn_at_after(tap, peer, 0).await
+}
+
+/// [`conn_at`] for a connection newer than connection `after`: thousands of connections in one test reuse
+/// ephemeral ports, so an older connection may have come from the same address.
+async fn conn_at_after(tap: &Xmpptap, peer: SocketAddr, after: u64) -> u64 {
     let peer = peer.to_string();
     let accepted = tap
         .wait_event(&format!("accepted from {peer}"), |e| {
-            e["event"] == "accepted" && e["peer"] == peer.as_str()
+            e["event"] == "accepted"
+                && e["peer"] == peer.as_str()
+                && e["conn"].as_u64().is_some_and(|conn| conn > after)
         })
         .await;
     accepted["conn"]
@@ -368,10 +376,20 @@ async fn conn_at(tap: &Xmpptap, peer: SocketAddr) -> u64 {
         .unwrap_or_else(|| panic!("no conn in {accepted}"))
 }
 
+/// The newest connection the transcript has recorded so far (0 for none).
+fn last_conn(tap: &Xmpptap) -> u64 {
+    tap.transcript()
+        .iter()
+        .filter_map(|e| e["conn"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
 /// Connects an attacker to xmpptap's S2S listener; returns it and its connection id.
 async fn connect(t: &Target<'_>) -> (Tcp, u64) {
+    let after = last_conn(t.tap);
     let mut ini = Peer::connect("attacker", t.tap.addr()).await;
-    let conn = conn_at(t.tap, local_addr(&mut ini)).await;
+    let conn = conn_at_after(t.tap, local_addr(&mut ini), after).await;
     (ini, conn)
 }
 
@@ -409,6 +427,9 @@ async fn exchange(t: &Target<'_>) {
     ini.send(CLOSE).await;
     ini.shutdown().await;
     rec.expect(CLOSE).await;
+    // xmpptap passes the initiator's half-close on: once the receiver sees it, xmpptap has seen the initiator
+    // go first, whatever the scheduler does with the receiver's own close.
+    assert_eq!(rec.read_to_end().await, "", "the initiator's half-close");
     rec.send(CLOSE).await;
     rec.shutdown().await;
     assert_eq!(ini.read_to_end().await, CLOSE);
@@ -1284,8 +1305,9 @@ async fn max_connections_refuses_with_policy_violation_without_reading() {
     assert_eq!(refusals, 48, "two places were left for 50 connections");
 
     // Still full: a Direct TLS listener closes the connection without a word (no handshake for it).
+    let after = last_conn(&b.tap);
     let mut tls = Peer::connect("tls", b.tap.listener("s2s-tls")).await;
-    let conn = conn_at(&b.tap, local_addr(&mut tls)).await;
+    let conn = conn_at_after(&b.tap, local_addr(&mut tls), after).await;
     assert_eq!(tls.read_to_end().await, "", "closed without a handshake");
     let events = finished(&b.tap, conn).await;
     one(&events, "protocol_error", |e| {
