@@ -17,7 +17,9 @@
 //!    forward it, `ExpectProceed` from the receiver, TLS handshake upstream, `<proceed/>` down, TLS handshake
 //!    downstream with a certificate minted for the receiving domain, and back to 2 for the restarted stream.
 //!    Later restarts (after SASL success) are ordinary frames for the relay, whose framer follows them.
-//! 4. [`relay`]: copy whole frames both ways until the connection ends or goes idle (`--idle-timeout`).
+//! 4. [`relay`]: copy whole frames both ways until the connection ends or goes idle (`--idle-timeout`), as
+//!    [`steer`] plans each batch (rules, pings, policy rates); the rules also see the stream-level elements of
+//!    steps 2 and 3 (features, `<starttls/>`, `<proceed/>`).
 //!
 //! Dialback and SASL are not special here: they are frames the relay forwards. Errors are answered once, in
 //! one place per phase: the side at fault gets the stream error, the other side a clean close.

@@ -1,5 +1,7 @@
 //! The relay: once negotiation is over, each direction copies whole frames from one side to the other, in
-//! batches, recording each frame on the way. Nothing is re-serialized.
+//! batches, recording each frame on the way. What [`super::steer`] plans for a batch is carried out here:
+//! usually one write of the original bytes; only an element a rule rewrites is re-serialized (by the rule).
+//! Between batches a direction also writes what the control API or a rule injects, and xmpptap's pings.
 //!
 //! # Backpressure and idleness
 //!
