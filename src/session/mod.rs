@@ -795,24 +795,11 @@ impl Session<'_> {
         refused: Option<&str>,
         bytes: &Bytes,
     ) {
-        tracing::info!(
-            rule,
-            action = action.name(),
-            ?detail,
-            ?refused,
-            "rule (negotiation)"
-        );
         let obs = match dir {
             Direction::Up => &self.up,
             Direction::Down => &self.down,
         };
-        obs.own(EventKind::Rule {
-            rule: rule.to_owned(),
-            action: action.name(),
-            detail,
-            refused: refused.map(str::to_owned),
-            xml: Xml(bytes.clone()),
-        });
+        obs.own(steer::rule_event(rule, action, detail, refused, bytes));
     }
 
     /// Counts a TLS handshake on `side` and notes it in the registry.

@@ -236,15 +236,7 @@ impl Observer {
             Ok(head) => head,
             Err(e) => {
                 tracing::debug!(dir = %self.dir, error = %e, "cannot read start tag");
-                return EventKind::Stanza {
-                    name: String::from("?"),
-                    ns: None,
-                    kind: None,
-                    id: None,
-                    from: None,
-                    to: None,
-                    xml,
-                };
+                return EventKind::stanza(None, xml);
             }
         };
         tracing::debug!(dir = %self.dir, name = %head.name, kind = ?head.kind, id = ?head.id,
@@ -299,15 +291,7 @@ impl Observer {
             }
             _ => {}
         }
-        EventKind::Stanza {
-            name: head.name,
-            ns: head.ns,
-            kind: head.kind,
-            id: head.id,
-            from: head.from,
-            to: head.to,
-            xml,
-        }
+        EventKind::stanza(Some(head), xml)
     }
 }
 

@@ -560,7 +560,8 @@ pub fn injected_event(injection: &Injection) -> EventKind {
     }
 }
 
-fn rule_event(
+/// A `rule` event (and its log line): `rule` took `action` on the element `bytes`, or was `refused`.
+pub(super) fn rule_event(
     rule: &str,
     action: &Action,
     detail: Option<String>,

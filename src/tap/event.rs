@@ -364,6 +364,31 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The `stanza` event for an element whose start tag parsed as `head`; with `None` (an unreadable start tag)
+    /// the name is `?` and the other fields are left out.
+    pub fn stanza(head: Option<crate::xml::element::ElementHead>, xml: Xml) -> EventKind {
+        match head {
+            Some(head) => EventKind::Stanza {
+                name: head.name,
+                ns: head.ns,
+                kind: head.kind,
+                id: head.id,
+                from: head.from,
+                to: head.to,
+                xml,
+            },
+            None => EventKind::Stanza {
+                name: String::from("?"),
+                ns: None,
+                kind: None,
+                id: None,
+                from: None,
+                to: None,
+                xml,
+            },
+        }
+    }
+
     /// The bytes of wire data this event holds (its `xml` or `bytes`), which the tap's byte budget counts.
     pub fn payload_len(&self) -> usize {
         match self {

@@ -51,26 +51,8 @@ impl Stage {
             .iter()
             .map(|f| {
                 let xml = bytes.0.slice(f.at..f.at + f.len);
-                let kind = match ElementHead::parse(&xml[..f.head_end], header) {
-                    Ok(head) => EventKind::Stanza {
-                        name: head.name,
-                        ns: head.ns,
-                        kind: head.kind,
-                        id: head.id,
-                        from: head.from,
-                        to: head.to,
-                        xml: Xml(xml),
-                    },
-                    Err(_) => EventKind::Stanza {
-                        name: String::from("?"),
-                        ns: None,
-                        kind: None,
-                        id: None,
-                        from: None,
-                        to: None,
-                        xml: Xml(xml),
-                    },
-                };
+                let head = ElementHead::parse(&xml[..f.head_end], header).ok();
+                let kind = EventKind::stanza(head, Xml(xml));
                 Event {
                     ts: event.ts,
                     conn: event.conn,
