@@ -5,6 +5,7 @@
 
 use quick_xml::events::Event;
 use quick_xml::Reader;
+use xmpptap::xml::element::{ElementHead, PlainHead, StreamHeader};
 use xmpptap::xml::framer::{FrameKind, Framer, Limits};
 
 /// FNV-1a: a seed that changes whenever the fuzzer changes a byte.
@@ -182,8 +183,36 @@ pub fn check_frame(frame: &Framed) {
                 }
             }
             assert_eq!(depth, 0, "unclosed: {text:?}");
+            check_plain_head(&frame.head);
         }
     }
+}
+
+/// Where [`PlainHead`] reads a stanza's start tag (the transcript writer's shortcut), it reads what the
+/// namespace reader does.
+fn check_plain_head(head: &[u8]) {
+    let Some(plain) = PlainHead::parse(head) else {
+        return;
+    };
+    let stream = StreamHeader::default();
+    let full = ElementHead::parse_with_reader(head, &stream).unwrap_or_else(|e| {
+        panic!(
+            "{e}: PlainHead read {plain:?} from {:?}",
+            String::from_utf8_lossy(head)
+        )
+    });
+    assert_eq!(
+        (plain.name, plain.kind, plain.id, plain.from, plain.to),
+        (
+            full.name.as_str(),
+            full.kind.as_deref(),
+            full.id.as_deref(),
+            full.from.as_deref(),
+            full.to.as_deref()
+        ),
+        "PlainHead and the namespace reader differ on {:?}",
+        String::from_utf8_lossy(head)
+    );
 }
 
 /// An event, reduced to what the checks compare.

@@ -119,7 +119,8 @@ impl fmt::Display for Pair {
 /// Links records to each other (see the module docs).
 #[derive(Debug, Default)]
 pub struct Correlator {
-    pairs: Bounded<u64, Pair>,
+    /// Each connection's pair and its `from->to` text (noted on every stanza: built once).
+    pairs: Bounded<u64, (Pair, Option<String>)>,
     /// Stream id sent by a receiving server -> the connection it was sent on.
     stream_ids: Bounded<String, u64>,
     iqs: PendingIqs,
@@ -141,7 +142,8 @@ impl Correlator {
                         from: from.map(bare),
                         to: to.map(domain),
                     };
-                    self.pairs.insert(record.conn, pair);
+                    let text = pair.text();
+                    self.pairs.insert(record.conn, (pair, text));
                 }
                 Some(Direction::Down) => {
                     if let Some(id) = id.filter(|id| !id.is_empty()) {
@@ -158,8 +160,11 @@ impl Correlator {
             } => {
                 if !verify && result == "request" && record.dir == Some(Direction::Up) {
                     // An initiator whose header had no `from` names its domain here (XEP-0220 requires it).
-                    if let (Some(pair), Some(from)) = (self.pairs.get_mut(&record.conn), from) {
+                    if let (Some((pair, text)), Some(from)) =
+                        (self.pairs.get_mut(&record.conn), from)
+                    {
                         pair.from.get_or_insert_with(|| domain(from));
+                        *text = pair.text();
                     }
                 }
                 if verify {
@@ -202,14 +207,19 @@ impl Correlator {
             record.what,
             Seen::Iq { .. } | Seen::Dialback { .. } | Seen::Element
         ) {
-            notes.pair = self.pair(record.conn).and_then(Pair::text);
+            notes.pair = self.pair_text(record.conn).map(str::to_owned);
         }
         notes
     }
 
     /// The domain pair of a connection, once its initiator's stream header was seen.
     pub fn pair(&self, conn: u64) -> Option<&Pair> {
-        self.pairs.get(&conn)
+        self.pairs.get(&conn).map(|(pair, _)| pair)
+    }
+
+    /// [`Pair::text`] of a connection's pair: the `pair` note of its records.
+    pub fn pair_text(&self, conn: u64) -> Option<&str> {
+        self.pairs.get(&conn).and_then(|(_, text)| text.as_deref())
     }
 }
 

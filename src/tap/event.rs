@@ -423,6 +423,88 @@ impl EventKind {
     }
 }
 
+/// A `stanza` record borrowed from the bytes it describes: what the writer hands the sinks for the usual
+/// relayed stanza instead of an owned [`Event`] (see [`super::stage::Stage::view`]), and what the JSON Lines
+/// sink writes in both cases. It has no correlation notes beyond `pair` (iqs, which get `reply_to`, always
+/// become events) and nothing redacted (what redaction would touch always becomes an event).
+#[derive(Clone, Debug)]
+pub struct StanzaView<'a> {
+    pub ts: OffsetDateTime,
+    pub conn: u64,
+    pub dir: Option<Direction>,
+    pub name: &'a str,
+    pub ns: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub id: Option<&'a str>,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub xml: Bytes,
+    pub pair: Option<&'a str>,
+    pub redacted: bool,
+}
+
+impl StanzaView<'_> {
+    /// The same record as an owned event, for a sink that only takes events.
+    pub fn to_event(&self) -> Event {
+        let owned = |value: Option<&str>| value.map(str::to_owned);
+        Event {
+            ts: self.ts,
+            conn: self.conn,
+            dir: self.dir,
+            kind: EventKind::Stanza {
+                name: self.name.to_owned(),
+                ns: owned(self.ns),
+                kind: owned(self.kind),
+                id: owned(self.id),
+                from: owned(self.from),
+                to: owned(self.to),
+                xml: Xml(self.xml.clone()),
+            },
+            notes: Notes {
+                pair: owned(self.pair),
+                redacted: self.redacted,
+                ..Notes::default()
+            },
+        }
+    }
+}
+
+impl Event {
+    /// A `stanza` event as a [`StanzaView`], when it has no correlation notes a view cannot carry.
+    pub fn stanza_view(&self) -> Option<StanzaView<'_>> {
+        let EventKind::Stanza {
+            name,
+            ns,
+            kind,
+            id,
+            from,
+            to,
+            xml,
+        } = &self.kind
+        else {
+            return None;
+        };
+        let notes = &self.notes;
+        if notes.verifies.is_some() || notes.reply_to.is_some() || notes.rtt_ms.is_some() {
+            return None;
+        }
+        Some(StanzaView {
+            ts: self.ts,
+            conn: self.conn,
+            dir: self.dir,
+            name,
+            ns: ns.as_deref(),
+            kind: kind.as_deref(),
+            id: id.as_deref(),
+            from: from.as_deref(),
+            to: to.as_deref(),
+            xml: xml.0.clone(),
+            pair: notes.pair.as_deref(),
+            redacted: notes.redacted,
+        })
+    }
+}
+
 /// The original bytes of a frame, serialized as a string. Frames are checked to be UTF-8 by the framer; anything
 /// else is shown lossily rather than failing the transcript.
 #[derive(Clone, Debug)]

@@ -131,6 +131,13 @@ impl Tap {
         }
     }
 
+    /// Bytes of wire data in events waiting for the writer (0 when the tap is disabled).
+    pub fn queued_bytes(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |inner| inner.queued_bytes.load(Ordering::Relaxed))
+    }
+
     /// Events dropped so far because the writer fell behind.
     pub fn dropped(&self) -> u64 {
         self.inner
@@ -144,6 +151,12 @@ impl Tap {
 pub trait Sink: Send {
     /// Records one event. Sinks ignore the kinds they do not care about.
     fn event(&mut self, event: &Event) -> io::Result<()>;
+    /// Records one relayed stanza handed over as a borrowed view (the usual stanza of a busy stream, see
+    /// [`stage::Stage::view`]). The default makes it the owned event and calls [`Sink::event`]; a sink that
+    /// writes stanzas itself, or ignores them, does better without the copy.
+    fn stanza(&mut self, stanza: &event::StanzaView<'_>) -> io::Result<()> {
+        self.event(&stanza.to_event())
+    }
     /// Makes everything recorded so far visible (called whenever the channel runs empty).
     fn flush(&mut self) -> io::Result<()>;
     /// A name for error messages (`transcript transcript.jsonl`).
@@ -177,14 +190,20 @@ pub fn spawn_writer_with(
                 let mut next = Some(first);
                 while let Some(mut event) = next {
                     let len = event.kind.payload_len();
-                    match stage.expand(&event) {
-                        Some(stanzas) => {
-                            for mut stanza in stanzas {
-                                stage.process(&mut stanza);
-                                deliver(&mut sinks, &stanza);
+                    match &event.kind {
+                        EventKind::Stanzas { frames, .. } => {
+                            for frame in frames {
+                                match stage.view(&event, frame) {
+                                    Some(view) => deliver_to(&mut sinks, |sink| sink.stanza(&view)),
+                                    None => {
+                                        let mut stanza = stage.stanza(&event, frame);
+                                        stage.process(&mut stanza);
+                                        deliver(&mut sinks, &stanza);
+                                    }
+                                }
                             }
                         }
-                        None => {
+                        _ => {
                             stage.process(&mut event);
                             deliver(&mut sinks, &event);
                         }
@@ -212,7 +231,15 @@ pub fn spawn_writer_with(
 }
 
 fn deliver(sinks: &mut Vec<Box<dyn Sink>>, event: &Event) {
-    sinks.retain_mut(|sink| match sink.event(event) {
+    deliver_to(sinks, |sink| sink.event(event));
+}
+
+/// Hands something to every sink with `write`; a sink that fails is reported and left out.
+fn deliver_to(
+    sinks: &mut Vec<Box<dyn Sink>>,
+    mut write: impl FnMut(&mut dyn Sink) -> io::Result<()>,
+) {
+    sinks.retain_mut(|sink| match write(sink.as_mut()) {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(error = %e, sink = %sink.name(), "cannot write; this output stops here");

@@ -380,6 +380,11 @@ impl Sink for PcapSink {
         Ok(())
     }
 
+    fn stanza(&mut self, _: &super::event::StanzaView<'_>) -> io::Result<()> {
+        // Captures are built from the bytes of each leg (`data` events), not from stanza records.
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }

@@ -316,6 +316,11 @@ impl Sink for PcapngTlsSink {
         }
     }
 
+    fn stanza(&mut self, _: &super::event::StanzaView<'_>) -> io::Result<()> {
+        // Captures are built from the bytes of each leg (`data` events), not from stanza records.
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.write_secrets()?;
         self.writer.get_mut().flush()

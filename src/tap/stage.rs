@@ -12,10 +12,10 @@
 //! [`RecordRedactor`] applies the same redaction to records read back from a transcript (`xmpptap export`).
 
 use super::correlate::{Correlator, Record, Seen};
-use super::event::{Event, EventKind, Xml};
+use super::event::{Event, EventKind, StanzaAt, StanzaView, Xml};
 use super::redact::{mask_str, Redaction, StreamRedactor};
 use crate::side::{Direction, Side};
-use crate::xml::element::{ElementHead, StreamHeader};
+use crate::xml::element::{ElementHead, PlainHead, StreamHeader};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -39,30 +39,60 @@ impl Stage {
         }
     }
 
-    /// The [`EventKind::Stanza`] events of an [`EventKind::Stanzas`] run, each parsed against the stream header
-    /// of its direction, stamped with the run's time; `None` for any other event.
-    pub fn expand(&self, event: &Event) -> Option<Vec<Event>> {
-        let EventKind::Stanzas { frames, bytes } = &event.kind else {
+    /// One stanza of an [`EventKind::Stanzas`] run as a borrowed [`StanzaView`], finished (nothing to redact,
+    /// correlated), when it is the usual case: a start tag [`PlainHead`] reads, not an iq (whose requests and
+    /// answers are correlated), nothing redaction would hide. `None` otherwise: the caller then builds the
+    /// event with [`Stage::stanza`] and runs it through [`Stage::process`]. Both give the same record
+    /// (`views_and_events_give_the_same_records`).
+    pub fn view<'a>(&'a self, run: &'a Event, frame: &StanzaAt) -> Option<StanzaView<'a>> {
+        let EventKind::Stanzas { bytes, .. } = &run.kind else {
             return None;
         };
+        let xml = bytes.0.get(frame.at..frame.at + frame.len)?;
+        let head = PlainHead::parse(xml.get(..frame.head_end)?)?;
+        let header = self.context.header(run.conn, run.dir);
+        let ns = header.and_then(|header| header.default_ns.as_deref());
+        if is_iq(head.name, ns)
+            || (head.id.is_some() && self.redaction.hides_id_of(ns, head.name))
+            || self.redaction.may_hide(xml, header)
+        {
+            return None;
+        }
+        Some(StanzaView {
+            ts: run.ts,
+            conn: run.conn,
+            dir: run.dir,
+            name: head.name,
+            ns,
+            kind: head.kind,
+            id: head.id,
+            from: head.from,
+            to: head.to,
+            xml: bytes.0.slice(frame.at..frame.at + frame.len),
+            pair: self.correlator.pair_text(run.conn),
+            redacted: false,
+        })
+    }
+
+    /// One stanza of an [`EventKind::Stanzas`] run as an event, its start tag parsed against the stream header
+    /// of its direction, stamped with the run's time.
+    pub fn stanza(&self, run: &Event, frame: &StanzaAt) -> Event {
+        let xml = match &run.kind {
+            EventKind::Stanzas { bytes, .. } => bytes.0.slice(frame.at..frame.at + frame.len),
+            _ => Bytes::new(),
+        };
         let empty = StreamHeader::default();
-        let header = self.context.header(event.conn, event.dir).unwrap_or(&empty);
-        let events = frames
-            .iter()
-            .map(|f| {
-                let xml = bytes.0.slice(f.at..f.at + f.len);
-                let head = ElementHead::parse(&xml[..f.head_end], header).ok();
-                let kind = EventKind::stanza(head, Xml(xml));
-                Event {
-                    ts: event.ts,
-                    conn: event.conn,
-                    dir: event.dir,
-                    kind,
-                    notes: Default::default(),
-                }
-            })
-            .collect();
-        Some(events)
+        let header = self.context.header(run.conn, run.dir).unwrap_or(&empty);
+        let head = xml
+            .get(..frame.head_end)
+            .and_then(|tag| ElementHead::parse(tag, header).ok());
+        Event {
+            ts: run.ts,
+            conn: run.conn,
+            dir: run.dir,
+            kind: EventKind::stanza(head, Xml(xml)),
+            notes: Default::default(),
+        }
     }
 
     /// Redacts and annotates one event in place.
@@ -623,6 +653,88 @@ mod tests {
             let staged = serde_json::to_value(&event).expect("value");
             for key in ["xml", "bytes", "id", "redacted"] {
                 assert_eq!(staged.get(key), original.get(key), "{key} of {staged}");
+            }
+        }
+    }
+
+    /// A run of stanzas as the observer sends it: the frames of `stanzas`, back to back.
+    fn run(conn: u64, stanzas: &[&str]) -> Event {
+        let mut bytes = Vec::new();
+        let mut frames = Vec::new();
+        for stanza in stanzas {
+            let head_end = stanza.find('>').expect("a start tag") + 1;
+            frames.push(StanzaAt {
+                at: bytes.len(),
+                len: stanza.len(),
+                head_end,
+            });
+            bytes.extend_from_slice(stanza.as_bytes());
+        }
+        Event::now(
+            conn,
+            Some(Direction::Up),
+            EventKind::Stanzas {
+                frames,
+                bytes: Xml(Bytes::from(bytes)),
+            },
+        )
+    }
+
+    #[test]
+    fn views_and_events_give_the_same_records() {
+        let stanzas = [
+            "<message from='alice@a.test/r' to='bob@b.test' type='chat' id='m1'><body>hi</body></message>",
+            "<presence from='alice@a.test/r' to='bob@b.test'/>",
+            // Each of these becomes an event: an iq (correlated), a value to unescape, a namespace declaration,
+            // a prefixed name, a start tag that does not parse.
+            "<iq type='get' id='p1' from='a.test' to='b.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<message id='a&amp;b' to='bob@b.test'/>",
+            "<message xmlns='jabber:client' to='bob@b.test'/>",
+            "<db:result from='a.test' to='b.test'>key</db:result>",
+            "<message id='1' id='2'/>",
+            // Secrets: with redaction on, SASL payloads and message bodies make events.
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNl</auth>",
+        ];
+        for redaction in [Redaction::default(), Redaction::redact()] {
+            for with_header in [true, false] {
+                let mut viewing = Stage::new(redaction);
+                let mut processing = Stage::new(redaction);
+                if with_header {
+                    for mut event in federation().into_iter().take(2) {
+                        viewing.process(&mut event);
+                        processing.process(&mut event);
+                    }
+                }
+                let run = run(1, &stanzas);
+                let EventKind::Stanzas { frames, .. } = &run.kind else {
+                    unreachable!("a run");
+                };
+                let mut viewed = 0;
+                for frame in frames {
+                    let mut event = processing.stanza(&run, frame);
+                    processing.process(&mut event);
+                    let expected = serde_json::to_string(&event).expect("serializes");
+                    let got = match viewing.view(&run, frame) {
+                        Some(view) => {
+                            viewed += 1;
+                            serde_json::to_string(&view.to_event()).expect("serializes")
+                        }
+                        None => {
+                            let mut event = viewing.stanza(&run, frame);
+                            viewing.process(&mut event);
+                            serde_json::to_string(&event).expect("serializes")
+                        }
+                    };
+                    assert_eq!(got, expected);
+                }
+                // The message and the presence; none when redaction hides dialback keys on a stream whose header
+                // declares the dialback namespace (`may_hide` then cannot rule anything out).
+                let expected = if redaction.dialback_keys && with_header {
+                    0
+                } else {
+                    2
+                };
+                assert_eq!(viewed, expected, "{redaction:?}, header: {with_header}");
             }
         }
     }

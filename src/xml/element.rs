@@ -206,9 +206,15 @@ pub struct ElementHead {
 impl ElementHead {
     /// Parses the start tag at the front of `tag` (a Stanza frame's `head` bytes, or the whole frame).
     pub fn parse(tag: &[u8], stream: &StreamHeader) -> Result<Self, ElementError> {
-        if let Some(head) = Self::parse_plain(tag, stream) {
-            return Ok(head);
+        match Self::parse_plain(tag, stream) {
+            Some(head) => Ok(head),
+            None => Self::parse_with_reader(tag, stream),
         }
+    }
+
+    /// [`Self::parse`] through a namespace reader, for any start tag (public for the fuzz targets, which hold
+    /// [`PlainHead`] to it).
+    pub fn parse_with_reader(tag: &[u8], stream: &StreamHeader) -> Result<Self, ElementError> {
         let mut reader = ns_reader(tag, Some(stream))?;
         let Root { tag: start, ns, .. } = first_element(&mut reader)?;
         let name = start.name();
@@ -235,56 +241,20 @@ impl ElementHead {
     }
 
     /// [`Self::parse`] for the usual stanza, without a namespace reader: an unprefixed element whose start tag
-    /// declares no namespace is in the stream's default namespace. `None` for anything else (a prefix, an
-    /// `xmlns` attribute, an attribute quick-xml rejects), which the namespace reader then reads.
+    /// declares no namespace is in the stream's default namespace. `None` for anything [`PlainHead`] leaves
+    /// out, which the namespace reader then reads.
     fn parse_plain(tag: &[u8], stream: &StreamHeader) -> Option<Self> {
-        let text = std::str::from_utf8(tag).ok()?;
-        let inner = text.strip_prefix('<')?;
-        let end = inner.find('>')?;
-        // `<a ...>` or `<a .../>`: the content quick-xml's attribute reader expects is between `<` and `>`.
-        let content = &inner[..end];
-        let content = content.strip_suffix('/').unwrap_or(content);
-        let name_len = content
-            .find(|c: char| c.is_ascii_whitespace())
-            .unwrap_or(content.len());
-        let name = &content[..name_len];
-        if name.is_empty()
-            || name.contains(':')
-            || !name.starts_with(|c: char| c.is_alphabetic() || c == '_')
-        {
-            return None;
-        }
-        let start = BytesStart::from_content(content, name_len);
-        let mut head = ElementHead {
-            name: name.to_owned(),
-            local: name.to_owned(),
+        let head = PlainHead::parse(tag)?;
+        let owned = |value: Option<&str>| value.map(str::to_owned);
+        Some(ElementHead {
+            name: head.name.to_owned(),
+            local: head.name.to_owned(),
             ns: stream.default_ns.clone(),
-            kind: None,
-            id: None,
-            from: None,
-            to: None,
-        };
-        // Duplicates are checked here, pairwise over the usual few attributes, rather than by quick-xml, whose
-        // check allocates.
-        let mut keys = [""; 8];
-        for (i, attribute) in start.attributes().with_checks(false).enumerate() {
-            let attribute = attribute.ok()?;
-            let key = attribute.key.0;
-            if i == keys.len() || keys[..i].contains(&key) {
-                return None;
-            }
-            keys[i] = key;
-            let slot = match attribute.key.0 {
-                "type" => &mut head.kind,
-                "id" => &mut head.id,
-                "from" => &mut head.from,
-                "to" => &mut head.to,
-                key if key == "xmlns" || key.starts_with("xmlns:") => return None,
-                _ => continue,
-            };
-            *slot = Some(value(&attribute).ok()?);
-        }
-        Some(head)
+            kind: owned(head.kind),
+            id: owned(head.id),
+            from: owned(head.from),
+            to: owned(head.to),
+        })
     }
 
     /// Whether this element is `local` in namespace `ns`.
@@ -292,6 +262,148 @@ impl ElementHead {
         self.local == local && self.ns.as_deref() == Some(ns)
     }
 }
+
+/// The start tag of a usual stanza, borrowed from its bytes: an unprefixed name, at most eight attributes
+/// written `name='value'` (or with double quotes), none of them a namespace declaration, and no value that
+/// needs unescaping or normalizing (no `&`, tab, line feed or carriage return). The element is then in the
+/// stream's default namespace and each value is its bytes as written. `None` for anything else, or anything
+/// malformed: [`ElementHead::parse`] reads those.
+///
+/// The transcript writer reads every relayed stanza's start tag this way, allocating nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlainHead<'a> {
+    /// The element's name (its local name: there is no prefix).
+    pub name: &'a str,
+    /// The `type` attribute.
+    pub kind: Option<&'a str>,
+    /// `id`.
+    pub id: Option<&'a str>,
+    /// `from`.
+    pub from: Option<&'a str>,
+    /// `to`.
+    pub to: Option<&'a str>,
+}
+
+impl<'a> PlainHead<'a> {
+    /// Reads the start tag at the front of `tag` (see the type's docs for what it covers), in one pass over its
+    /// bytes.
+    pub fn parse(tag: &'a [u8]) -> Option<Self> {
+        const MAX_ATTRIBUTES: usize = 8;
+        let text = match std::str::from_utf8(tag) {
+            Ok(text) => text,
+            // Only the start tag need be UTF-8 (`tag` may go on into a frame cut short).
+            Err(e) => std::str::from_utf8(&tag[..e.valid_up_to()]).ok()?,
+        };
+        // Every delimiter looked for is ASCII, so each slice taken of `text` is on a character boundary.
+        let bytes = text.as_bytes();
+        let class = |at: usize| bytes.get(at).map_or(END, |&b| HEAD_CLASS[usize::from(b)]);
+        if bytes.first() != Some(&b'<') || class(1) & NAME_START == 0 {
+            return None;
+        }
+        let mut at = 2;
+        while class(at) & NAME != 0 {
+            at += 1;
+        }
+        let mut head = PlainHead {
+            name: &text[1..at],
+            kind: None,
+            id: None,
+            from: None,
+            to: None,
+        };
+        let mut keys = [""; MAX_ATTRIBUTES];
+        let mut count = 0;
+        loop {
+            let spaced = at;
+            while class(at) & SPACE != 0 {
+                at += 1;
+            }
+            match bytes.get(at) {
+                Some(b'>') => return Some(head),
+                Some(b'/') if bytes.get(at + 1) == Some(&b'>') => return Some(head),
+                // Attributes are separated by whitespace.
+                _ if at == spaced || count == MAX_ATTRIBUTES => return None,
+                _ => {}
+            }
+            // `name` or `prefix:name`, `=`, a quote.
+            let key_start = at;
+            for part in 0..2 {
+                if class(at) & NAME_START == 0 {
+                    return None;
+                }
+                at += 1;
+                while class(at) & NAME != 0 {
+                    at += 1;
+                }
+                if part == 0 && bytes.get(at) == Some(&b':') {
+                    at += 1;
+                } else {
+                    break;
+                }
+            }
+            let key = &text[key_start..at];
+            let quote = *bytes.get(at + 1).filter(|&&q| q == b'\'' || q == b'"')?;
+            if bytes.get(at) != Some(&b'=') {
+                return None;
+            }
+            at += 2;
+            let value_start = at;
+            loop {
+                while class(at) & VALUE != 0 {
+                    at += 1;
+                }
+                match bytes.get(at) {
+                    Some(&b) if b == quote => break,
+                    // The other quote.
+                    Some(b'\'' | b'"') => at += 1,
+                    // A reference, whitespace to normalize, a `<`, or the end.
+                    _ => return None,
+                }
+            }
+            if key == "xmlns" || key.starts_with("xmlns:") || keys[..count].contains(&key) {
+                return None;
+            }
+            keys[count] = key;
+            count += 1;
+            let value = Some(&text[value_start..at]);
+            match key {
+                "type" => head.kind = value,
+                "id" => head.id = value,
+                "from" => head.from = value,
+                "to" => head.to = value,
+                _ => {}
+            }
+            at += 1;
+        }
+    }
+}
+
+/// What a byte can be in a start tag, for [`PlainHead::parse`]: a set of the flags below. Non-ASCII bytes are
+/// name bytes (names are accepted, not validated: the framer has judged the element).
+const HEAD_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let start = c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
+        let name = start || c.is_ascii_digit() || c == b'-' || c == b'.';
+        let space = matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+        let value = !matches!(c, b'\'' | b'"' | b'&' | b'<' | b'\t' | b'\r' | b'\n');
+        table[b] = (if start { NAME_START } else { 0 })
+            | (if name { NAME } else { 0 })
+            | (if space { SPACE } else { 0 })
+            | (if value { VALUE } else { 0 });
+        b += 1;
+    }
+    table
+};
+const NAME_START: u8 = 1;
+const NAME: u8 = 2;
+const SPACE: u8 = 4;
+/// A byte an attribute value may hold as it is.
+const VALUE: u8 = 8;
+/// The class past the end of the tag: nothing.
+const END: u8 = 0;
 
 /// What a `<stream:features>` element offers.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
@@ -970,6 +1082,63 @@ mod tests {
         assert!(
             matches!(ElementHead::parse(b"<x:y/>", &stream), Err(ElementError::UndeclaredPrefix(p)) if p == "x")
         );
+    }
+
+    #[test]
+    fn plain_head_agrees_with_the_namespace_reader() {
+        let stream = header();
+        let plain = [
+            &b"<message type='chat' id='m1' from='alice@a.example/x' to='bob@b.example'>"[..],
+            b"<iq type=\"get\" id=\"p\"/>",
+            b"<presence/>",
+            b"<presence >",
+            b"<message xml:lang='en' id='caf\xc3\xa9' to='\xc3\xa9@b.example'>",
+            b"<iq\nid='1'\ttype='result'\r\n/>",
+            b"<message id='a\"b' from=\"a'b\">",
+            b"<m\xc3\xa9ssage to='x'>",
+            b"<message id='a>b' to='c/>'/>",
+        ];
+        for tag in plain {
+            let head = PlainHead::parse(tag).expect("plain");
+            let full = ElementHead::parse_with_reader(tag, &stream).expect("parses");
+            assert_eq!(
+                (head.name, head.kind, head.id, head.from, head.to),
+                (
+                    full.name.as_str(),
+                    full.kind.as_deref(),
+                    full.id.as_deref(),
+                    full.from.as_deref(),
+                    full.to.as_deref()
+                ),
+                "{}",
+                String::from_utf8_lossy(tag)
+            );
+            assert_eq!(ElementHead::parse(tag, &stream).expect("parses"), full);
+        }
+        // Left to the namespace reader: what needs unescaping or normalizing, namespaces, and anything odd.
+        let other = [
+            &b"<message id='m&amp;1'>"[..],
+            b"<message id='a\tb'>",
+            b"<message id='a\nb'>",
+            b"<message xmlns='jabber:client'>",
+            b"<db:result from='a'>",
+            b"<message id='1' id='2'>",
+            b"<message id = '1'>",
+            b"<message id='1'to='b'>",
+            b"<message id=1>",
+            b"<message a='1' b='1' c='1' d='1' e='1' f='1' g='1' h='1' i='1'>",
+            b"<1message>",
+            b"message>",
+            b"<message id='\xff'>",
+        ];
+        for tag in other {
+            assert_eq!(
+                PlainHead::parse(tag),
+                None,
+                "{}",
+                String::from_utf8_lossy(tag)
+            );
+        }
     }
 
     #[test]
