@@ -841,6 +841,57 @@ async fn rewrite_removes_starttls_from_the_features_the_initiator_sees() {
     assert!(named(&events, "tls_established").is_empty(), "{events:#?}");
 }
 
+#[tokio::test]
+async fn inject_after_the_features_and_a_relay_only_action_refused_before_tls() {
+    let s = setup(
+        22,
+        r#"
+[[rule]]
+name = "note-after-features"
+match = { direction = "down", element = "features" }
+action = { kind = "inject", at = "after", xml = "<message from='b.test' to='a.test'><body>hi</body></message>" }
+
+[[rule]]
+name = "throttle-starttls"
+match = { direction = "up", element = "starttls" }
+action = { kind = "throttle", bytes_per_sec = 10 }
+"#,
+    )
+    .await;
+    let (mut ini, mut rec) = s.open().await;
+    let header = rec_header("before-tls");
+    let note = "<message from='b.test' to='a.test'><body>hi</body></message>";
+    rec.send(format!("{header}{FEATURES_TLS}")).await;
+    ini.expect(format!("{header}{FEATURES_TLS}{note}")).await;
+    // Throttling is for the relay: <starttls/> passes at once, and the rule event says why nothing was done.
+    ini.send(STARTTLS).await;
+    rec.expect(STARTTLS).await;
+
+    assert_rule(
+        &s.rule_event("note-after-features").await,
+        "inject",
+        "down",
+        FEATURES_TLS,
+    );
+    let injected = s
+        .tap
+        .wait_event("injected", |e| e["event"] == "injected")
+        .await;
+    assert_eq!(
+        injected["origin"], "rule:note-after-features",
+        "{injected:#}"
+    );
+    assert_eq!(injected["xml"], note, "{injected:#}");
+    let refused = s.rule_event("throttle-starttls").await;
+    assert_eq!(refused["action"], "throttle", "{refused:#}");
+    assert!(
+        refused["refused"]
+            .as_str()
+            .is_some_and(|why| why.contains("once the streams are negotiated")),
+        "{refused:#}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Counters
 

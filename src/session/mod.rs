@@ -666,9 +666,10 @@ impl Session<'_> {
 
     /// The rules applied to a stream-level element xmpptap forwards during negotiation (features, `<starttls/>`,
     /// `<proceed/>`): what to send instead (the element itself, rewritten, with injections around it, or
-    /// nothing), after any delay or stall; `Err` for `close`. The actions that shape a whole direction
-    /// (`throttle`, `slice`, `cut_after`, `reset`) and `inject` with `at = "reply"` only work in the relay:
-    /// here they are refused with a `rule` event.
+    /// nothing), after any delay or stall; `Err` for `close`. What an action does to the element is planned by
+    /// [`steer::element_ops`], as in the relay. The actions that shape a whole direction (`throttle`, `slice`,
+    /// `cut_after`, `reset`) and `inject` with `at = "reply"` only work in the relay: here they are refused
+    /// with a `rule` event; `stall` without an end lasts one `--negotiation-timeout`.
     async fn negotiation_rules(
         &mut self,
         dir: Direction,
@@ -706,83 +707,51 @@ impl Session<'_> {
         };
         let rule = decision.rule.name.clone();
         let action = decision.action.clone();
-        let mut refused = None;
-        let mut detail = None;
-        let out = match &action {
-            Action::Drop => Bytes::new(),
-            Action::Delay { ms, jitter_ms } => {
-                let wait = steer::delay(*ms, *jitter_ms);
-                detail = Some(format!("{} ms", wait.as_millis()));
-                tokio::time::sleep(wait).await;
-                bytes.clone()
-            }
-            Action::Stall { ms: Some(ms) } => {
-                tokio::time::sleep(Duration::from_millis(*ms)).await;
-                bytes.clone()
-            }
-            Action::Stall { ms: None } => {
+        let obs = match dir {
+            Direction::Up => &self.up,
+            Direction::Down => &self.down,
+        };
+        let mut ops = Vec::new();
+        let acted = match &action {
+            // Nowhere to reply to before the relay's queues exist.
+            Action::Inject {
+                at: InjectAt::Reply,
+                ..
+            } => steer::Acted::Stream,
+            _ => steer::element_ops(&rule, &action, dir.sender(), &stream, &bytes, obs, &mut ops),
+        };
+        let detail = match acted {
+            steer::Acted::Ops(detail) => detail,
+            steer::Acted::Stream if matches!(action, Action::Stall { ms: None }) => {
                 // Before the relay a stall lasts as long as a negotiation step may.
                 let step = self.ctx.config.limits.negotiation_timeout;
-                detail = Some(format!("{} s (--negotiation-timeout)", step.as_secs_f32()));
-                tokio::time::sleep(step).await;
-                bytes.clone()
+                ops.push(steer::Op::Pause(step));
+                ops.push(steer::Op::Write(bytes.clone()));
+                Some(format!("{} s (--negotiation-timeout)", step.as_secs_f32()))
             }
-            Action::Rewrite(spec) => match crate::rules::edit::rewrite(&bytes, &stream, spec) {
-                Ok(Some(rewritten)) => {
-                    detail = Some(String::from_utf8_lossy(&rewritten).into_owned());
-                    Bytes::from(rewritten)
-                }
-                Ok(None) => bytes.clone(),
-                Err(e) => {
-                    detail = Some(format!("not rewritten: {e}"));
-                    bytes.clone()
-                }
-            },
-            Action::Inject {
-                xml,
-                at: at @ (InjectAt::Before | InjectAt::After),
-            } => {
-                let xml = crate::rules::edit::injected(xml, &bytes, &stream);
-                let mut out = Vec::with_capacity(xml.len() + bytes.len());
-                if *at == InjectAt::Before {
-                    out.extend_from_slice(&xml);
-                    out.extend_from_slice(&bytes);
-                } else {
-                    out.extend_from_slice(&bytes);
-                    out.extend_from_slice(&xml);
-                }
-                Bytes::from(out)
-            }
-            Action::Close { condition, text } => {
-                self.ctx
-                    .steering
-                    .shared
-                    .metrics
-                    .rule_action(&rule, action.name());
-                self.record_rule(dir, &rule, &action, None, None, &bytes);
-                return Err(SessionError::Rule {
-                    rule,
-                    side: dir.sender(),
-                    condition: element::stream_condition(condition)
-                        .unwrap_or("undefined-condition"),
-                    text: text.clone(),
-                });
-            }
-            _ => {
-                refused =
-                    Some("this action only applies once the streams are negotiated (in the relay)");
-                bytes.clone()
+            steer::Acted::Stream => {
+                let refused =
+                    "this action only applies once the streams are negotiated (in the relay)";
+                self.record_rule(dir, &rule, &action, None, Some(refused), &bytes);
+                return Ok(bytes);
             }
         };
-        if refused.is_none() {
-            self.ctx
-                .steering
-                .shared
-                .metrics
-                .rule_action(&rule, action.name());
+        self.ctx
+            .steering
+            .shared
+            .metrics
+            .rule_action(&rule, action.name());
+        self.record_rule(dir, &rule, &action, detail, None, &bytes);
+        let mut out = Vec::new();
+        for op in ops {
+            match op {
+                steer::Op::Write(written) => out.extend_from_slice(&written),
+                steer::Op::Pause(wait) => tokio::time::sleep(wait).await,
+                steer::Op::End(error) => return Err(error),
+                steer::Op::Reply(..) | steer::Op::StallForever => {}
+            }
         }
-        self.record_rule(dir, &rule, &action, detail, refused, &bytes);
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     /// A `rule` event in direction `dir`.

@@ -294,78 +294,20 @@ impl Steer {
             return;
         }
         self.shared.metrics.rule_action(rule, action.name());
-        let mut detail = None;
+        let detail = match element_ops(rule, action, self.dir.sender(), stream, &bytes, obs, ops) {
+            Acted::Ops(detail) => detail,
+            Acted::Stream => {
+                self.shape(rule, action, &bytes, ops);
+                None
+            }
+        };
+        obs.own(rule_event(rule, action, detail, None, &bytes));
+    }
+
+    /// Carries out an action on the stream as a whole (see [`Acted::Stream`]): the matched element passes,
+    /// and what follows is shaped, stalled or ended.
+    fn shape(&mut self, rule: &str, action: &Action, bytes: &Bytes, ops: &mut Vec<Op>) {
         match action {
-            Action::Drop => {}
-            Action::Delay { ms, jitter_ms } => {
-                let wait = delay(*ms, *jitter_ms);
-                detail = Some(format!("{} ms", wait.as_millis()));
-                ops.push(Op::Pause(wait));
-                ops.push(Op::Write(bytes.clone()));
-            }
-            Action::Rewrite(spec) => match crate::rules::edit::rewrite(&bytes, stream, spec) {
-                Ok(Some(rewritten)) => {
-                    let rewritten = Bytes::from(rewritten);
-                    detail = Some(String::from_utf8_lossy(&rewritten).into_owned());
-                    ops.push(Op::Write(rewritten));
-                }
-                Ok(None) => {
-                    detail = Some(String::from("nothing to change"));
-                    ops.push(Op::Write(bytes.clone()));
-                }
-                Err(e) => {
-                    detail = Some(format!("not rewritten: {e}"));
-                    ops.push(Op::Write(bytes.clone()));
-                }
-            },
-            Action::DialbackInvalid => match crate::rules::edit::dialback_invalid(&bytes, stream) {
-                Some(invalid) => {
-                    let invalid = Bytes::from(invalid);
-                    detail = Some(String::from_utf8_lossy(&invalid).into_owned());
-                    ops.push(Op::Write(invalid));
-                }
-                None => {
-                    detail = Some(String::from("not a valid dialback answer: unchanged"));
-                    ops.push(Op::Write(bytes.clone()));
-                }
-            },
-            Action::Inject { xml, at } => {
-                let injected = Bytes::from(crate::rules::edit::injected(xml, &bytes, stream));
-                if *at != InjectAt::Reply {
-                    obs.own(EventKind::Injected {
-                        origin: format!("rule:{rule}"),
-                        xml: Xml(injected.clone()),
-                    });
-                }
-                match at {
-                    InjectAt::Before => {
-                        ops.push(Op::Write(injected));
-                        ops.push(Op::Write(bytes.clone()));
-                    }
-                    InjectAt::After => {
-                        ops.push(Op::Write(bytes.clone()));
-                        ops.push(Op::Write(injected));
-                    }
-                    InjectAt::Reply => {
-                        ops.push(Op::Write(bytes.clone()));
-                        ops.push(Op::Reply(injected, rule.to_owned()));
-                    }
-                }
-            }
-            Action::Close { condition, text } => {
-                let condition = crate::xml::element::stream_condition(condition)
-                    .unwrap_or("undefined-condition");
-                ops.push(Op::End(SessionError::Rule {
-                    rule: rule.to_owned(),
-                    side: self.dir.sender(),
-                    condition,
-                    text: text.clone(),
-                }));
-            }
-            Action::Stall { ms: Some(ms) } => {
-                ops.push(Op::Pause(Duration::from_millis(*ms)));
-                ops.push(Op::Write(bytes.clone()));
-            }
             Action::Stall { ms: None } => {
                 self.stalled = true;
                 ops.push(Op::StallForever);
@@ -396,8 +338,9 @@ impl Steer {
             Action::Reset => ops.push(Op::End(SessionError::Reset {
                 rule: rule.to_owned(),
             })),
+            // Element actions: `element_ops` has carried them out.
+            _ => ops.push(Op::Write(bytes.clone())),
         }
-        obs.own(rule_event(rule, action, detail, None, &bytes));
     }
 
     /// What a stream-level element tells the connection's entry and the metrics.
@@ -561,6 +504,109 @@ pub fn injected_event(injection: &Injection) -> EventKind {
 }
 
 /// A `rule` event (and its log line): `rule` took `action` on the element `bytes`, or was `refused`.
+/// What [`element_ops`] made of an action.
+#[derive(Debug)]
+pub(super) enum Acted {
+    /// Carried out as ops; the detail for the rule event.
+    Ops(Option<String>),
+    /// An action on the stream as a whole rather than on the element (`throttle`, `slice`, `cut_after`,
+    /// `reset`, `stall` without an end): nothing done, left to the caller. Only the relay carries them out.
+    Stream,
+}
+
+/// Carries out, as ops, an action on the element `bytes` it matched (sent by `sender` on a stream whose
+/// header is `stream`): what `drop`, `delay`, `rewrite`, `dialback_invalid`, `inject`, `close` and `stall` for
+/// a while do, the same in the relay ([`Steer`]) and during negotiation (stream-level elements). An element
+/// injected before or after the match is recorded as an `injected` event on `obs`; the caller records the
+/// `rule` event with the detail returned.
+pub(super) fn element_ops(
+    rule: &str,
+    action: &Action,
+    sender: crate::side::Side,
+    stream: &StreamHeader,
+    bytes: &Bytes,
+    obs: &Observer,
+    ops: &mut Vec<Op>,
+) -> Acted {
+    let mut detail = None;
+    match action {
+        Action::Drop => {}
+        Action::Delay { ms, jitter_ms } => {
+            let wait = delay(*ms, *jitter_ms);
+            detail = Some(format!("{} ms", wait.as_millis()));
+            ops.push(Op::Pause(wait));
+            ops.push(Op::Write(bytes.clone()));
+        }
+        Action::Stall { ms: Some(ms) } => {
+            ops.push(Op::Pause(Duration::from_millis(*ms)));
+            ops.push(Op::Write(bytes.clone()));
+        }
+        Action::Rewrite(spec) => {
+            let (out, said) = match crate::rules::edit::rewrite(bytes, stream, spec) {
+                Ok(Some(rewritten)) => {
+                    let rewritten = Bytes::from(rewritten);
+                    let said = String::from_utf8_lossy(&rewritten).into_owned();
+                    (rewritten, said)
+                }
+                Ok(None) => (bytes.clone(), String::from("nothing to change")),
+                Err(e) => (bytes.clone(), format!("not rewritten: {e}")),
+            };
+            detail = Some(said);
+            ops.push(Op::Write(out));
+        }
+        Action::DialbackInvalid => match crate::rules::edit::dialback_invalid(bytes, stream) {
+            Some(invalid) => {
+                let invalid = Bytes::from(invalid);
+                detail = Some(String::from_utf8_lossy(&invalid).into_owned());
+                ops.push(Op::Write(invalid));
+            }
+            None => {
+                detail = Some(String::from("not a valid dialback answer: unchanged"));
+                ops.push(Op::Write(bytes.clone()));
+            }
+        },
+        Action::Inject { xml, at } => {
+            let injected = Bytes::from(crate::rules::edit::injected(xml, bytes, stream));
+            if *at != InjectAt::Reply {
+                obs.own(EventKind::Injected {
+                    origin: format!("rule:{rule}"),
+                    xml: Xml(injected.clone()),
+                });
+            }
+            match at {
+                InjectAt::Before => {
+                    ops.push(Op::Write(injected));
+                    ops.push(Op::Write(bytes.clone()));
+                }
+                InjectAt::After => {
+                    ops.push(Op::Write(bytes.clone()));
+                    ops.push(Op::Write(injected));
+                }
+                InjectAt::Reply => {
+                    ops.push(Op::Write(bytes.clone()));
+                    ops.push(Op::Reply(injected, rule.to_owned()));
+                }
+            }
+        }
+        Action::Close { condition, text } => {
+            let condition =
+                crate::xml::element::stream_condition(condition).unwrap_or("undefined-condition");
+            ops.push(Op::End(SessionError::Rule {
+                rule: rule.to_owned(),
+                side: sender,
+                condition,
+                text: text.clone(),
+            }));
+        }
+        Action::Stall { ms: None }
+        | Action::Throttle { .. }
+        | Action::Slice { .. }
+        | Action::CutAfter { .. }
+        | Action::Reset => return Acted::Stream,
+    }
+    Acted::Ops(detail)
+}
+
 pub(super) fn rule_event(
     rule: &str,
     action: &Action,
