@@ -680,8 +680,21 @@ impl Framer {
                     });
                 }
                 let valid = utf8.valid_up_to();
-                // Only text can end in a truncated character at the end of input: markup and references are
-                // complete when quick-xml decodes them.
+                // A reference still waiting for its `;` may end in a character cut short, as text may: wait
+                // for the rest of both (what follows decides, as when they arrive together).
+                let pending_reference = rest.first() == Some(&b'&')
+                    && !rest[1..valid]
+                        .iter()
+                        .any(|&b| matches!(b, b';' | b'&' | b'<'));
+                if truncated && pending_reference {
+                    self.waiting = Some(Waiting {
+                        seen: window.len(),
+                        reference: true,
+                    });
+                    return Ok(());
+                }
+                // Otherwise only text can end in a truncated character at the end of input: markup is
+                // complete when quick-xml decodes it.
                 let in_text = !matches!(rest.first(), Some(b'<' | b'&'));
                 if truncated && in_text && rest[valid..].iter().all(|&b| b >= 0x80) {
                     check_chars(&rest[..valid])?;
@@ -801,13 +814,17 @@ impl Framer {
 }
 
 /// Whether the bytes of `window` from `seen` on, with the start of a character they complete (not before
-/// `from`), are valid UTF-8 with no character cut short. Only the new bytes are checked.
+/// `from`), are valid UTF-8, the last character perhaps still arriving. Only the new bytes are checked.
 fn utf8_continues(window: &[u8], from: usize, seen: usize) -> bool {
     let mut start = seen.min(window.len());
     while start > from && start + 3 > seen && window.get(start).is_some_and(|&b| b & 0xC0 == 0x80) {
         start -= 1;
     }
-    std::str::from_utf8(&window[start..]).is_ok()
+    match std::str::from_utf8(&window[start..]) {
+        Ok(_) => true,
+        // Cut short at the end of the buffer (not invalid): the rest may come with the next read.
+        Err(e) => e.error_len().is_none(),
+    }
 }
 
 /// XML's `S`: space, tab, CR, LF.
@@ -2602,6 +2619,19 @@ mod tests {
                 let split = frame_chunked(&input, &[cut, input.len()]);
                 assert_eq!(split.is_err(), whole.is_err(), "cut at {cut}: {split:?}");
             }
+        }
+        // Nor does a character cut short at the end of a read decide anything (found by the fuzz target: fed
+        // byte by byte, the first byte of an emoji after an unfinished reference was taken for invalid UTF-8).
+        let mut input = HEADER.as_bytes().to_vec();
+        input.extend_from_slice(
+            "<message><body>x & ]] > caf\u{e9} \u{1F600}x.org/stsence>".as_bytes(),
+        );
+        for sizes in [&[input.len()][..], &[1], &[HEADER.len() + 30, 1]] {
+            assert!(frame_chunked(&input, sizes).is_ok(), "{sizes:?}");
+        }
+        input.extend_from_slice(b"<");
+        for sizes in [&[input.len()][..], &[1], &[HEADER.len() + 30, 1]] {
+            assert!(frame_chunked(&input, sizes).is_err(), "{sizes:?}");
         }
         // A reference still waits for its end across reads that end between characters.
         let mut input = HEADER.as_bytes().to_vec();
