@@ -816,9 +816,22 @@ impl Framer {
 /// Whether the bytes of `window` from `seen` on, with the start of a character they complete (not before
 /// `from`), are valid UTF-8, the last character perhaps still arriving. Only the new bytes are checked.
 fn utf8_continues(window: &[u8], from: usize, seen: usize) -> bool {
-    let mut start = seen.min(window.len());
-    while start > from && start + 3 > seen && window.get(start).is_some_and(|&b| b & 0xC0 == 0x80) {
-        start -= 1;
+    let seen = seen.min(window.len());
+    // Back to the start of the last character before `seen`, which the last look may have found cut short:
+    // the new bytes must complete it.
+    let mut start = seen;
+    for back in 1..=3 {
+        let Some(at) = seen.checked_sub(back).filter(|&at| at >= from) else {
+            break;
+        };
+        match window[at] {
+            b if b & 0xC0 == 0x80 => {}
+            b if b >= 0xC0 => {
+                start = at;
+                break;
+            }
+            _ => break,
+        }
     }
     match std::str::from_utf8(&window[start..]) {
         Ok(_) => true,
@@ -2611,6 +2624,8 @@ mod tests {
             &b"<message><body>caf\xc3\xa9 &#0ence\xa0xmlns:p=nce>"[..],
             b"<message>a&b\xa0x",
             b"<message>&am\xc3",
+            // A lead byte cut short, then one that cannot continue it (the fuzz target's second find).
+            b"<message>&qu\xdb\xda%%",
         ] {
             let mut input = HEADER.as_bytes().to_vec();
             input.extend_from_slice(body);
@@ -2619,6 +2634,12 @@ mod tests {
                 let split = frame_chunked(&input, &[cut, input.len()]);
                 assert_eq!(split.is_err(), whole.is_err(), "cut at {cut}: {split:?}");
             }
+            let bytewise = frame_chunked(&input, &[1]);
+            assert_eq!(
+                bytewise.is_err(),
+                whole.is_err(),
+                "byte by byte: {bytewise:?}"
+            );
         }
         // Nor does a character cut short at the end of a read decide anything (found by the fuzz target: fed
         // byte by byte, the first byte of an emoji after an unfinished reference was taken for invalid UTF-8).
