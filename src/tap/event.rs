@@ -326,9 +326,9 @@ pub enum EventKind {
     /// The writer fell behind and this many events were dropped since the last report.
     TapDropped { count: u64 },
     /// A run of ordinary stanzas (`message`, `presence`, `iq`) relayed in one batch, handed to the writer as one
-    /// event and parsed there ([`super::stage::Stage::expand`]): the data path then costs one channel send per
-    /// batch instead of a parse and a send per stanza. Expanded into [`EventKind::Stanza`] events before any
-    /// sink sees it; never serialized.
+    /// event and parsed there ([`super::stage::Stage::view`], [`super::stage::Stage::stanza`]): the data path
+    /// then costs one channel send per batch instead of a parse and a send per stanza. Sinks get each stanza
+    /// of it as a [`StanzaView`] or an [`EventKind::Stanza`] event, never the run; never serialized.
     #[serde(skip)]
     Stanzas {
         /// Where each stanza is in `bytes`.
