@@ -668,11 +668,13 @@ async fn bad_and_stalled_connections_do_not_disturb_others() {
     drop((stalled_up, stalled_rec, half));
     exchange(&tap, &receiver, "two").await;
 
+    // Both healthy connections end normally. Which peer's close xmpptap sees first after both closed their
+    // streams is up to the scheduler, so either may be named.
     let normal_closes = |events: &[Value]| {
         named(events, "closed")
             .into_iter()
             .filter(|e| {
-                e["by"] == "initiator"
+                (e["by"] == "initiator" || e["by"] == "receiver")
                     && e["reason"]
                         .as_str()
                         .is_some_and(|r| r.contains("after closing its stream"))
