@@ -1057,25 +1057,11 @@ not json
         );
     }
 
-    /// A `Write` whose bytes the test can read afterwards.
-    #[derive(Clone, Default)]
-    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().expect("not poisoned").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn live_view_sink() {
         use crate::side::Direction;
         use crate::tap::event::{Origin, Xml};
-        let shared = Shared::default();
+        let shared = crate::tap::SharedBuf::default();
         let mut sink = ShowSink::new(Box::new(shared.clone()), false);
         let xml = |s: &str| Xml(bytes::Bytes::copy_from_slice(s.as_bytes()));
         let mut opened = Event::now(

@@ -338,8 +338,8 @@ impl Steer {
             Action::Reset => ops.push(Op::End(SessionError::Reset {
                 rule: rule.to_owned(),
             })),
-            // Element actions: `element_ops` has carried them out.
-            _ => ops.push(Op::Write(bytes.clone())),
+            // Element actions: `element_ops` has carried them out and never hands them here.
+            _ => {}
         }
     }
 

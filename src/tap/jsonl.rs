@@ -192,6 +192,7 @@ fn escape_bytewise(out: &mut Vec<u8>, bytes: &[u8]) {
 mod tests {
     use super::*;
     use crate::tap::event::{ConnRef, Notes, Xml};
+    use crate::tap::SharedBuf;
     use bytes::Bytes;
 
     fn stanza(xml: &str, dir: Option<Direction>, all: bool) -> Event {
@@ -263,23 +264,9 @@ mod tests {
         assert!(!write_stanza(&mut Vec::new(), &view, b"ts"));
     }
 
-    /// A writer whose bytes the test can read afterwards.
-    #[derive(Clone, Default)]
-    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().expect("not poisoned").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn views_and_events_give_the_same_lines() {
-        let (by_view, by_event) = (Shared::default(), Shared::default());
+        let (by_view, by_event) = (SharedBuf::default(), SharedBuf::default());
         let mut views = JsonlSink::new(Box::new(by_view.clone()), String::from("views"));
         let mut events = JsonlSink::new(Box::new(by_event.clone()), String::from("events"));
         let first = stanza(
@@ -306,7 +293,7 @@ mod tests {
         }
         views.flush().expect("flushes");
         events.flush().expect("flushes");
-        let text = |shared: &Shared| {
+        let text = |shared: &SharedBuf| {
             String::from_utf8_lossy(&shared.0.lock().expect("not poisoned")).into_owned()
         };
         assert_eq!(text(&by_view), expected);

@@ -248,6 +248,22 @@ fn deliver_to(
     });
 }
 
+/// A `Write` whose bytes a test can read afterwards (the sinks' tests write through it).
+#[cfg(test)]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SharedBuf(pub(crate) Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl io::Write for SharedBuf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
