@@ -426,7 +426,8 @@ impl EventKind {
 /// A `stanza` record borrowed from the bytes it describes: what the writer hands the sinks for the usual
 /// relayed stanza instead of an owned [`Event`] (see [`super::stage::Stage::view`]), and what the JSON Lines
 /// sink writes in both cases. It has no correlation notes beyond `pair` (iqs, which get `reply_to`, always
-/// become events) and nothing redacted (what redaction would touch always becomes an event).
+/// become events) and nothing redacted (what redaction would touch always becomes an event). Its XML is UTF-8
+/// (XML that is not stays an event, written lossily).
 #[derive(Clone, Debug)]
 pub struct StanzaView<'a> {
     pub ts: OffsetDateTime,
@@ -438,12 +439,24 @@ pub struct StanzaView<'a> {
     pub id: Option<&'a str>,
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
-    pub xml: Bytes,
+    pub xml: &'a str,
+    /// The buffer `xml` lies in, shared by [`Self::to_event`] rather than copied.
+    pub buf: &'a Bytes,
     pub pair: Option<&'a str>,
     pub redacted: bool,
 }
 
 impl StanzaView<'_> {
+    /// `xml` as a slice of `buf`, or a copy if it does not lie in it.
+    fn shared_xml(&self) -> Bytes {
+        let (buf, xml) = (self.buf.as_ptr_range(), self.xml.as_bytes().as_ptr_range());
+        if buf.start <= xml.start && xml.end <= buf.end {
+            self.buf.slice_ref(self.xml.as_bytes())
+        } else {
+            Bytes::copy_from_slice(self.xml.as_bytes())
+        }
+    }
+
     /// The same record as an owned event, for a sink that only takes events.
     pub fn to_event(&self) -> Event {
         let owned = |value: Option<&str>| value.map(str::to_owned);
@@ -458,7 +471,7 @@ impl StanzaView<'_> {
                 id: owned(self.id),
                 from: owned(self.from),
                 to: owned(self.to),
-                xml: Xml(self.xml.clone()),
+                xml: Xml(self.shared_xml()),
             },
             notes: Notes {
                 pair: owned(self.pair),
@@ -470,7 +483,8 @@ impl StanzaView<'_> {
 }
 
 impl Event {
-    /// A `stanza` event as a [`StanzaView`], when it has no correlation notes a view cannot carry.
+    /// A `stanza` event as a [`StanzaView`], when it has no correlation notes a view cannot carry and its XML is
+    /// UTF-8.
     pub fn stanza_view(&self) -> Option<StanzaView<'_>> {
         let EventKind::Stanza {
             name,
@@ -498,7 +512,8 @@ impl Event {
             id: id.as_deref(),
             from: from.as_deref(),
             to: to.as_deref(),
-            xml: xml.0.clone(),
+            xml: std::str::from_utf8(&xml.0).ok()?,
+            buf: &xml.0,
             pair: notes.pair.as_deref(),
             redacted: notes.redacted,
         })

@@ -6,17 +6,25 @@
 use super::event::{rfc3339_micros_bytes, StanzaView};
 use super::{Event, EventKind, Sink};
 use crate::side::Direction;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use time::OffsetDateTime;
 
 /// Writes events as JSON Lines to a file or stdout.
 pub struct JsonlSink {
-    out: BufWriter<Box<dyn Write + Send>>,
+    out: Box<dyn Write + Send>,
     name: String,
-    /// The record being written, reused from one record to the next.
-    line: Vec<u8>,
-    /// The last stanza's time and its RFC 3339 form (`None` if it has none).
-    ts: (OffsetDateTime, Option<[u8; 27]>),
+    /// Records not yet written out. Records are written straight into it, and it goes out whenever it holds
+    /// [`Self::BLOCK`] bytes, and on [`Sink::flush`].
+    buf: Vec<u8>,
+    /// The opening of the last stanza record written by hand, shared by the stanzas of one read.
+    opening: Opening,
+}
+
+/// `{"ts":"…","conn":…,"dir":…,"event":"stanza"` for a time, connection and direction.
+#[derive(Debug, Default)]
+struct Opening {
+    of: Option<(OffsetDateTime, u64, Option<Direction>)>,
+    bytes: Vec<u8>,
 }
 
 impl std::fmt::Debug for JsonlSink {
@@ -28,22 +36,38 @@ impl std::fmt::Debug for JsonlSink {
 }
 
 impl JsonlSink {
-    /// Ends the record in `line` and writes it out.
-    fn end_line(&mut self) -> io::Result<()> {
-        self.line.push(b'\n');
-        let written = self.out.write_all(&self.line);
-        self.line.clear();
-        written
-    }
+    /// How many bytes of records are written out at once.
+    const BLOCK: usize = 64 * 1024;
 
     /// A sink writing to `out`; `name` says where, for error messages.
     pub fn new(out: Box<dyn Write + Send>, name: String) -> Self {
         JsonlSink {
-            out: BufWriter::with_capacity(64 * 1024, out),
+            out,
             name,
-            line: Vec::with_capacity(1024),
-            ts: (OffsetDateTime::UNIX_EPOCH, None),
+            buf: Vec::with_capacity(Self::BLOCK + 4096),
+            opening: Opening::default(),
         }
+    }
+
+    /// Ends the record just written into `buf`, and writes out a full block.
+    fn end_record(&mut self) -> io::Result<()> {
+        self.buf.push(b'\n');
+        if self.buf.len() < Self::BLOCK {
+            return Ok(());
+        }
+        let written = self.out.write_all(&self.buf);
+        self.buf.clear();
+        written
+    }
+
+    /// Writes `event` with serde_json.
+    fn serialize(&mut self, event: &Event) -> io::Result<()> {
+        let start = self.buf.len();
+        if let Err(e) = serde_json::to_writer(&mut self.buf, event) {
+            self.buf.truncate(start);
+            return Err(io::Error::other(e));
+        }
+        self.end_record()
     }
 }
 
@@ -57,31 +81,30 @@ impl Sink for JsonlSink {
         }
         match event.stanza_view() {
             Some(stanza) => self.stanza(&stanza),
-            None => {
-                serde_json::to_writer(&mut self.line, event).map_err(io::Error::other)?;
-                self.end_line()
-            }
+            None => self.serialize(event),
         }
     }
 
     fn stanza(&mut self, stanza: &StanzaView<'_>) -> io::Result<()> {
-        if self.ts.0 != stanza.ts {
-            // The stanzas of one read share their time: formatted once.
-            let formatted = rfc3339_micros_bytes(&stanza.ts);
-            self.ts = (stanza.ts, formatted);
+        let of = Some((stanza.ts, stanza.conn, stanza.dir));
+        if self.opening.of != of {
+            let Some(ts) = rfc3339_micros_bytes(&stanza.ts) else {
+                // A time serde_json writes differently (years past 9999).
+                return self.serialize(&stanza.to_event());
+            };
+            self.opening.bytes.clear();
+            write_opening(&mut self.opening.bytes, &ts, stanza.conn, stanza.dir);
+            self.opening.of = of;
         }
-        let written = match &self.ts.1 {
-            Some(ts) => write_stanza(&mut self.line, stanza, ts),
-            None => false,
-        };
-        if !written {
-            self.line.clear();
-            serde_json::to_writer(&mut self.line, &stanza.to_event()).map_err(io::Error::other)?;
-        }
-        self.end_line()
+        self.buf.extend_from_slice(&self.opening.bytes);
+        write_fields(&mut self.buf, stanza);
+        self.end_record()
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        let written = self.out.write_all(&self.buf);
+        self.buf.clear();
+        written?;
         self.out.flush()
     }
 
@@ -90,72 +113,96 @@ impl Sink for JsonlSink {
     }
 }
 
-/// Writes a `stanza` record into `out` by hand, exactly as serde_json would, and returns `true`; `false` (with
-/// `out` untouched) for XML that is not UTF-8, which then goes through serde_json. Stanzas are nearly every
-/// record of a busy transcript, and serde_json's string escaping, byte by byte, was most of their cost.
-/// `stanza_records_match_serde_json` holds the two to the same bytes.
-fn write_stanza(out: &mut Vec<u8>, stanza: &StanzaView<'_>, ts: &[u8]) -> bool {
-    let Ok(xml) = std::str::from_utf8(&stanza.xml) else {
-        return false;
-    };
+impl Drop for JsonlSink {
+    /// Writes out what is left, as a `BufWriter` would (the writer thread flushes before it ends anyway).
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+/// The opening of a `stanza` record, as serde_json writes it: `{"ts":"…","conn":…,"dir":…,"event":"stanza"`.
+/// Stanzas are nearly every record of a busy transcript; [`write_fields`] writes the rest of them.
+/// `stanza_records_match_serde_json` holds the two to serde_json's bytes.
+fn write_opening(out: &mut Vec<u8>, ts: &[u8], conn: u64, dir: Option<Direction>) {
     out.extend_from_slice(b"{\"ts\":\"");
     out.extend_from_slice(ts);
     out.extend_from_slice(b"\",\"conn\":");
     // Writing to a Vec cannot fail.
-    let _ = write!(out, "{}", stanza.conn);
-    out.extend_from_slice(match stanza.dir {
+    let _ = write!(out, "{conn}");
+    out.extend_from_slice(match dir {
         None => b",\"dir\":null",
         Some(Direction::Up) => b",\"dir\":\"up\"",
         Some(Direction::Down) => b",\"dir\":\"down\"",
     });
     out.extend_from_slice(b",\"event\":\"stanza\"");
-    field(out, "name", Some(stanza.name));
-    field(out, "ns", stanza.ns);
-    field(out, "type", stanza.kind);
-    field(out, "id", stanza.id);
-    field(out, "from", stanza.from);
-    field(out, "to", stanza.to);
-    field(out, "xml", Some(xml));
-    field(out, "pair", stanza.pair);
+}
+
+/// The rest of a `stanza` record after its [`write_opening`], up to its closing brace.
+fn write_fields(out: &mut Vec<u8>, stanza: &StanzaView<'_>) {
+    field(out, b",\"name\":", Some(stanza.name));
+    field(out, b",\"ns\":", stanza.ns);
+    field(out, b",\"type\":", stanza.kind);
+    field(out, b",\"id\":", stanza.id);
+    field(out, b",\"from\":", stanza.from);
+    field(out, b",\"to\":", stanza.to);
+    field(out, b",\"xml\":", Some(stanza.xml));
+    field(out, b",\"pair\":", stanza.pair);
     if stanza.redacted {
         out.extend_from_slice(b",\"redacted\":true");
     }
     out.push(b'}');
-    true
 }
 
-/// `,"key":"value"` (nothing for `None`).
-fn field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+/// `key` (`,"name":`) and the value as a JSON string (nothing for `None`).
+fn field(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
     if let Some(value) = value {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
+        out.extend_from_slice(key);
         json_string(out, value);
     }
 }
 
 /// A JSON string with serde_json's escapes: `\"`, `\\`, the short forms of backspace, tab, line feed, form
-/// feed and carriage return, `\u00xx` for the other control characters; everything else as it is. A value
-/// without control characters (most: servers rarely write line breaks into stanzas) takes two vectorized
-/// passes, one for control characters and one for quotes and backslashes; any other byte by byte.
+/// feed and carriage return, `\u00xx` for the other control characters; everything else as it is.
+///
+/// Eight bytes at a time: a word with nothing to escape (nearly all of them: servers rarely write quotes,
+/// backslashes or line breaks into stanzas) is copied with the run it belongs to; any other byte by byte.
+/// Splitting a multi-byte character between words changes nothing: only ASCII bytes are escaped.
 fn json_string(out: &mut Vec<u8>, value: &str) {
     let bytes = value.as_bytes();
+    out.reserve(bytes.len() + 2);
     out.push(b'"');
-    // Without an early exit inside a chunk the compiler vectorizes the test.
-    let control = |chunk: &[u8]| chunk.iter().fold(false, |any, &b| any | (b < 0x20));
-    if bytes.chunks(64).any(control) {
-        escape_bytewise(out, bytes);
-    } else {
-        let mut run = 0;
-        for at in memchr::memchr2_iter(b'"', b'\\', bytes) {
+    let mut run = 0;
+    let mut chunks = bytes.chunks_exact(ESCAPE_CHUNK);
+    for (n, chunk) in chunks.by_ref().enumerate() {
+        if escapes(chunk) {
+            let at = ESCAPE_CHUNK * n;
             out.extend_from_slice(&bytes[run..at]);
-            out.push(b'\\');
-            out.push(bytes[at]);
-            run = at + 1;
+            escape_bytewise(out, chunk);
+            run = at + ESCAPE_CHUNK;
         }
+    }
+    let tail = chunks.remainder();
+    // Padded with spaces (which need no escape) to a whole chunk, tested as one.
+    let mut padded = [b' '; ESCAPE_CHUNK];
+    padded[..tail.len()].copy_from_slice(tail);
+    if escapes(&padded) {
+        out.extend_from_slice(&bytes[run..bytes.len() - tail.len()]);
+        escape_bytewise(out, tail);
+    } else {
         out.extend_from_slice(&bytes[run..]);
     }
     out.push(b'"');
+}
+
+/// How many bytes [`json_string`] tests at once.
+const ESCAPE_CHUNK: usize = 32;
+
+/// Whether any of `bytes` is a quote, a backslash or a control character. Without an early exit the compiler
+/// tests a whole chunk in a few vector instructions.
+fn escapes(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
 }
 
 /// The escapes of [`json_string`], byte by byte.
@@ -243,7 +290,8 @@ mod tests {
                     let mut fast = Vec::new();
                     let view = event.stanza_view().expect("a plain stanza record");
                     let ts = rfc3339_micros_bytes(&event.ts).expect("formats");
-                    assert!(write_stanza(&mut fast, &view, &ts));
+                    write_opening(&mut fast, &ts, view.conn, view.dir);
+                    write_fields(&mut fast, &view);
                     let serde = serde_json::to_vec(&event).expect("serializes");
                     assert_eq!(
                         String::from_utf8_lossy(&fast),
@@ -258,10 +306,11 @@ mod tests {
         assert!(event.stanza_view().is_none());
         let event = Event::now(1, None, EventKind::TapDropped { count: 1 });
         assert!(event.stanza_view().is_none());
-        let event = stanza("caf\u{e9}", None, true);
-        let mut view = event.stanza_view().expect("a plain stanza record");
-        view.xml = Bytes::from_static(b"caf\xe9");
-        assert!(!write_stanza(&mut Vec::new(), &view, b"ts"));
+        let mut event = stanza("", None, true);
+        if let EventKind::Stanza { xml, .. } = &mut event.kind {
+            *xml = Xml(Bytes::from_static(b"caf\xe9"));
+        }
+        assert!(event.stanza_view().is_none(), "not UTF-8");
     }
 
     #[test]
@@ -277,18 +326,27 @@ mod tests {
         let mut second = stanza("<message/>", Some(Direction::Down), false);
         // The same time as the first (one read), then a later one: the sink reuses its formatted time.
         second.ts = first.ts;
-        let mut third = stanza("not UTF-8 \u{e9}", None, true);
-        third.ts += time::Duration::seconds(1);
+        // Not UTF-8: no view, so written with serde_json, between two viewed stanzas of the same time.
+        let mut third = stanza("", None, true);
+        third.ts = first.ts;
+        if let EventKind::Stanza { xml, .. } = &mut third.kind {
+            *xml = Xml(Bytes::from_static(b"\xff"));
+        }
+        let mut fourth = stanza("<presence/>", Some(Direction::Down), false);
+        fourth.ts = first.ts + time::Duration::seconds(1);
         let mut expected = String::new();
-        for (n, event) in [&first, &second, &third].into_iter().enumerate() {
-            let mut view = event.stanza_view().expect("a plain stanza record");
-            if n == 2 {
-                view.xml = Bytes::from_static(b"\xff");
+        for event in [&first, &second, &third, &second, &fourth] {
+            match event.stanza_view() {
+                Some(view) => {
+                    views.stanza(&view).expect("writes");
+                    events.event(&view.to_event()).expect("writes");
+                }
+                None => {
+                    views.event(event).expect("writes");
+                    events.event(event).expect("writes");
+                }
             }
-            views.stanza(&view).expect("writes");
-            events.event(&view.to_event()).expect("writes");
-            let owned = view.to_event();
-            expected.push_str(&serde_json::to_string(&owned).expect("serializes"));
+            expected.push_str(&serde_json::to_string(event).expect("serializes"));
             expected.push('\n');
         }
         views.flush().expect("flushes");

@@ -192,16 +192,7 @@ pub fn spawn_writer_with(
                     let len = event.kind.payload_len();
                     match &event.kind {
                         EventKind::Stanzas { frames, .. } => {
-                            for frame in frames {
-                                match stage.view(&event, frame) {
-                                    Some(view) => deliver_to(&mut sinks, |sink| sink.stanza(&view)),
-                                    None => {
-                                        let mut stanza = stage.stanza(&event, frame);
-                                        stage.process(&mut stanza);
-                                        deliver(&mut sinks, &stanza);
-                                    }
-                                }
-                            }
+                            deliver_run(&mut stage, &mut sinks, &event, frames);
                         }
                         _ => {
                             stage.process(&mut event);
@@ -228,6 +219,34 @@ pub fn spawn_writer_with(
                 });
             }
         })
+}
+
+/// Hands the stanzas of a run to every sink: the usual ones as views ([`stage::RunView::view`]), any other as
+/// an event through the whole stage (after which what the run shares is looked up again: the event may have
+/// changed it).
+fn deliver_run(
+    stage: &mut stage::Stage,
+    sinks: &mut Vec<Box<dyn Sink>>,
+    run: &Event,
+    frames: &[event::StanzaAt],
+) {
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let mut viewed = 0;
+        if let Some(shared) = stage.run(run) {
+            for view in rest.iter().map_while(|frame| shared.view(frame)) {
+                deliver_to(sinks, |sink| sink.stanza(&view));
+                viewed += 1;
+            }
+        }
+        rest = &rest[viewed..];
+        if let Some((frame, after)) = rest.split_first() {
+            let mut stanza = stage.stanza(run, frame);
+            stage.process(&mut stanza);
+            deliver(sinks, &stanza);
+            rest = after;
+        }
+    }
 }
 
 fn deliver(sinks: &mut Vec<Box<dyn Sink>>, event: &Event) {

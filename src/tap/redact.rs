@@ -31,10 +31,12 @@
 use crate::xml::element::{
     StreamHeader, NS_CLIENT, NS_DIALBACK, NS_SASL, NS_SERVER, NS_SM, NS_STREAM,
 };
+use memchr::memmem;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::{Namespace, PrefixDeclaration, ResolveResult};
 use quick_xml::NsReader;
 use std::ops::Range;
+use std::sync::LazyLock;
 
 /// SASL 2 (XEP-0388).
 const NS_SASL2: &str = "urn:xmpp:sasl:2";
@@ -130,45 +132,59 @@ impl Redaction {
     }
 
     /// Whether [`Self::apply_in`] could find anything to hide in `xml`, a fragment the framer cut (well-formed),
-    /// sent under `stream`. A quick, conservative look that spares reading every stanza: each secret lives in
-    /// an element of a known namespace (message bodies excepted), and an element is in a namespace only if the
-    /// fragment or the stream header declares it. `true` whenever in doubt.
+    /// sent under `stream`: [`Watch::may_hide`] of [`Self::watch`].
     pub fn may_hide(&self, xml: &[u8], stream: Option<&StreamHeader>) -> bool {
-        if self.is_none() {
-            return false;
+        self.watch(stream).may_hide(xml)
+    }
+
+    /// What to look for in the fragments sent under `stream` to tell whether they may hold a secret: worked out
+    /// once per stream header, used for each of its stanzas.
+    pub fn watch<'a>(&self, stream: Option<&'a StreamHeader>) -> Watch<'a> {
+        let mut watch = Watch {
+            redaction: *self,
+            always: self.bodies,
+            prefixes: [""; Watch::MAX_PREFIXES],
+            len: 0,
+        };
+        if self.is_none() || watch.always {
+            return watch;
         }
-        if self.bodies {
-            return true;
+        // `db` is dialback by convention even where no header declares it (see `reader`).
+        if self.dialback_keys {
+            watch.prefixes[0] = "db";
+            watch.len = 1;
         }
-        let rules: [(bool, &[&str]); 4] = [
+        let Some(stream) = stream else {
+            return watch;
+        };
+        watch.always = stream
+            .default_ns
+            .as_deref()
+            .is_some_and(|ns| self.watched().any(|uri| uri == ns));
+        for (prefix, uri) in &stream.namespaces {
+            if self.watched().any(|watched| watched == uri) {
+                match watch.prefixes.get_mut(watch.len) {
+                    Some(slot) => *slot = prefix,
+                    None => watch.always = true,
+                }
+                watch.len += 1;
+            }
+        }
+        watch
+    }
+
+    /// The namespaces whose elements may hold a secret hidden here (message bodies aside).
+    fn watched(&self) -> impl Iterator<Item = &'static str> + Clone {
+        let rules: [(bool, &'static [&'static str]); 4] = [
             (self.sasl, &[NS_SASL, NS_SASL2]),
             (self.dialback_keys, &[NS_DIALBACK]),
             (self.passwords, &[NS_REGISTER, NS_IQ_AUTH, NS_DATA_FORMS]),
             (self.sm_ids, &[NS_SM]),
         ];
-        let mut uris = rules
-            .iter()
+        rules
+            .into_iter()
             .filter(|(on, _)| *on)
-            .flat_map(|(_, uris)| uris.iter().copied());
-        let declared_by_stream = stream.is_some_and(|header| {
-            header
-                .default_ns
-                .iter()
-                .chain(header.namespaces.iter().map(|(_, uri)| uri))
-                .any(|bound| uris.clone().any(|uri| uri == bound))
-        });
-        if declared_by_stream {
-            return true;
-        }
-        let Ok(text) = std::str::from_utf8(xml) else {
-            return true;
-        };
-        // `db:` is dialback by convention even where no header declares it (see `apply_in`).
-        if self.dialback_keys && text.contains("<db:") {
-            return true;
-        }
-        // A namespace value could also be spelled with character references.
-        text.contains("xmlns") && (text.contains("&#") || uris.any(|uri| text.contains(uri)))
+            .flat_map(|(_, uris)| uris.iter().copied())
     }
 
     /// The fragment with its secrets masked, or `None` when it holds none (or nothing is to be hidden). The
@@ -196,8 +212,7 @@ impl Redaction {
     /// Whether the `id` of a top-level element (as the transcript's `stanza` events record it) is a secret:
     /// the resumption id of a stream management `<enabled>`.
     pub fn hides_id_of(&self, ns: Option<&str>, name: &str) -> bool {
-        let local = name.rsplit(':').next().unwrap_or(name);
-        self.sm_ids && ns == Some(NS_SM) && local == "enabled"
+        self.sm_ids && ns == Some(NS_SM) && name.rsplit(':').next() == Some("enabled")
     }
 
     /// The byte ranges of `xml` to mask, and whether `xml` ends between elements.
@@ -364,6 +379,63 @@ impl Redaction {
             spans.push(start + 1 + offset..start + 1 + offset + len);
         }
         (true, spans)
+    }
+}
+
+/// A quick, conservative look at fragments sent under one stream header ([`Redaction::watch`]) that spares
+/// reading every stanza with the namespace reader. Each secret lives in an element of a known namespace
+/// (message bodies excepted), and an element is in a namespace only if its name has a prefix the stream header
+/// bound to it (or `db`, by convention), the fragment declares the namespace itself, or it is the stream's
+/// default namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Watch<'a> {
+    redaction: Redaction,
+    /// Every fragment is to be read: bodies are hidden, a watched namespace is the stream's default one, or the
+    /// header binds more prefixes to watched namespaces than are kept.
+    always: bool,
+    /// The prefixes bound to a watched namespace: the first `len`.
+    prefixes: [&'a str; Watch::MAX_PREFIXES],
+    len: usize,
+}
+
+impl Watch<'_> {
+    const MAX_PREFIXES: usize = 4;
+
+    /// Whether [`Redaction::apply_in`] could find anything to hide in `xml`; `true` whenever in doubt
+    /// (XML that is not UTF-8 included).
+    pub fn may_hide(&self, xml: &[u8]) -> bool {
+        if self.redaction.is_none() {
+            return false;
+        }
+        match std::str::from_utf8(xml) {
+            Ok(text) => self.may_hide_text(text),
+            Err(_) => true,
+        }
+    }
+
+    /// [`Self::may_hide`] for a fragment known to be UTF-8.
+    pub fn may_hide_text(&self, xml: &str) -> bool {
+        if self.redaction.is_none() {
+            return false;
+        }
+        if self.always {
+            return true;
+        }
+        static XMLNS: LazyLock<memmem::Finder> = LazyLock::new(|| memmem::Finder::new("xmlns"));
+        let bytes = xml.as_bytes();
+        let prefixes = &self.prefixes[..self.len];
+        // `<prefix:`, looked for from its colon (colons are rare outside names in a stanza).
+        let prefixed = memchr::memchr_iter(b':', bytes).any(|colon| {
+            prefixes.iter().any(|prefix| {
+                colon.checked_sub(prefix.len() + 1).is_some_and(|lt| {
+                    bytes[lt] == b'<' && &bytes[lt + 1..colon] == prefix.as_bytes()
+                })
+            })
+        });
+        let found = |needle: &str| memmem::find(bytes, needle.as_bytes()).is_some();
+        // A namespace value could also be spelled with character references.
+        prefixed
+            || (XMLNS.find(bytes).is_some() && (found("&#") || self.redaction.watched().any(found)))
     }
 }
 
@@ -859,5 +931,99 @@ mod tests {
             !out.contains(&DIALBACK_KEY[DIALBACK_KEY.len() - 3..]),
             "{out}"
         );
+    }
+
+    /// `may_hide` says `false` only where `apply_in` finds nothing, and `true` for what a secret could be in.
+    #[test]
+    fn watch_rules_out_only_fragments_without_a_secret() {
+        let header = |namespaces: &str| {
+            let tag = format!(
+                "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+                 {namespaces} to='b.test' version='1.0'>"
+            );
+            StreamHeader::parse(tag.as_bytes()).expect("a stream header")
+        };
+        let db = header("xmlns:db='jabber:server:dialback'");
+        let k = header("xmlns:k='jabber:server:dialback'");
+        let sasl_default = StreamHeader::parse(
+            b"<stream:stream xmlns='urn:ietf:params:xml:ns:xmpp-sasl' \
+              xmlns:stream='http://etherx.jabber.org/streams'>",
+        )
+        .expect("a stream header");
+        let plain = "<message to='b@b.test'><body>db:result xmlns</body></message>";
+        let cases: [(Redaction, Option<&StreamHeader>, &str, bool); 13] = [
+            (Redaction::redact(), Some(&db), plain, false),
+            (Redaction::redact(), None, plain, false),
+            (
+                Redaction::redact(),
+                Some(&db),
+                "<db:result>key</db:result>",
+                true,
+            ),
+            (
+                Redaction::redact(),
+                None,
+                "<db:result>key</db:result>",
+                true,
+            ),
+            (
+                Redaction::redact(),
+                Some(&k),
+                "<k:verify>key</k:verify>",
+                true,
+            ),
+            (
+                Redaction::redact(),
+                Some(&k),
+                "<kk:verify>key</kk:verify>",
+                false,
+            ),
+            (
+                Redaction::redact(),
+                Some(&db),
+                "<message><result xmlns='jabber:server:dialback'>key</result></message>",
+                true,
+            ),
+            (
+                Redaction::redact(),
+                None,
+                "<result xmlns='jabber&#x3a;server:dialback'>key</result>",
+                true,
+            ),
+            (
+                Redaction::default(),
+                Some(&db),
+                "<db:result>key</db:result>",
+                false,
+            ),
+            (Redaction::default(), Some(&sasl_default), plain, true),
+            (Redaction::default().with_bodies(), None, plain, true),
+            (
+                Redaction::log_secrets(),
+                Some(&sasl_default),
+                "<auth>x</auth>",
+                false,
+            ),
+            (
+                Redaction::redact(),
+                Some(&db),
+                "<enabled xmlns='urn:xmpp:sm:3' id='secret'/>",
+                true,
+            ),
+        ];
+        for (redaction, stream, xml, may) in cases {
+            let watch = redaction.watch(stream);
+            assert_eq!(
+                watch.may_hide(xml.as_bytes()),
+                may,
+                "{xml} under {redaction:?}"
+            );
+            if !may {
+                assert_eq!(redaction.apply_in(xml.as_bytes(), stream), None, "{xml}");
+            }
+        }
+        assert!(Redaction::default()
+            .watch(None)
+            .may_hide(b"<message>\xff</message>"));
     }
 }

@@ -288,22 +288,36 @@ impl<'a> PlainHead<'a> {
     /// Reads the start tag at the front of `tag` (see the type's docs for what it covers), in one pass over its
     /// bytes.
     pub fn parse(tag: &'a [u8]) -> Option<Self> {
-        const MAX_ATTRIBUTES: usize = 8;
-        let text = match std::str::from_utf8(tag) {
-            Ok(text) => text,
+        match std::str::from_utf8(tag) {
+            Ok(text) => Self::parse_str(text),
             // Only the start tag need be UTF-8 (`tag` may go on into a frame cut short).
-            Err(e) => std::str::from_utf8(&tag[..e.valid_up_to()]).ok()?,
-        };
+            Err(e) => Self::parse_str(std::str::from_utf8(&tag[..e.valid_up_to()]).ok()?),
+        }
+    }
+
+    /// [`Self::parse`] for text already known to be UTF-8.
+    pub fn parse_str(text: &'a str) -> Option<Self> {
+        const MAX_ATTRIBUTES: usize = 8;
         // Every delimiter looked for is ASCII, so each slice taken of `text` is on a character boundary.
         let bytes = text.as_bytes();
-        let class = |at: usize| bytes.get(at).map_or(END, |&b| HEAD_CLASS[usize::from(b)]);
-        if bytes.first() != Some(&b'<') || class(1) & NAME_START == 0 {
+        // Past the bytes from `from` on that are all of the class `flag`.
+        let span = |from: usize, flag: u8| {
+            let rest = bytes.get(from..).unwrap_or_default();
+            let len = rest
+                .iter()
+                .position(|&b| HEAD_CLASS[usize::from(b)] & flag == 0)
+                .unwrap_or(rest.len());
+            from + len
+        };
+        let name_start = |at: usize| {
+            bytes
+                .get(at)
+                .is_some_and(|&b| HEAD_CLASS[usize::from(b)] & NAME_START != 0)
+        };
+        if bytes.first() != Some(&b'<') || !name_start(1) {
             return None;
         }
-        let mut at = 2;
-        while class(at) & NAME != 0 {
-            at += 1;
-        }
+        let mut at = span(2, NAME);
         let mut head = PlainHead {
             name: &text[1..at],
             kind: None,
@@ -315,9 +329,7 @@ impl<'a> PlainHead<'a> {
         let mut count = 0;
         loop {
             let spaced = at;
-            while class(at) & SPACE != 0 {
-                at += 1;
-            }
+            at = span(at, SPACE);
             match bytes.get(at) {
                 Some(b'>') => return Some(head),
                 Some(b'/') if bytes.get(at + 1) == Some(&b'>') => return Some(head),
@@ -327,19 +339,15 @@ impl<'a> PlainHead<'a> {
             }
             // `name` or `prefix:name`, `=`, a quote.
             let key_start = at;
-            for part in 0..2 {
-                if class(at) & NAME_START == 0 {
+            if !name_start(at) {
+                return None;
+            }
+            at = span(at + 1, NAME);
+            if bytes.get(at) == Some(&b':') {
+                if !name_start(at + 1) {
                     return None;
                 }
-                at += 1;
-                while class(at) & NAME != 0 {
-                    at += 1;
-                }
-                if part == 0 && bytes.get(at) == Some(&b':') {
-                    at += 1;
-                } else {
-                    break;
-                }
+                at = span(at + 2, NAME);
             }
             let key = &text[key_start..at];
             let quote = *bytes.get(at + 1).filter(|&&q| q == b'\'' || q == b'"')?;
@@ -349,9 +357,7 @@ impl<'a> PlainHead<'a> {
             at += 2;
             let value_start = at;
             loop {
-                while class(at) & VALUE != 0 {
-                    at += 1;
-                }
+                at = span(at, VALUE);
                 match bytes.get(at) {
                     Some(&b) if b == quote => break,
                     // The other quote.
@@ -402,8 +408,6 @@ const NAME: u8 = 2;
 const SPACE: u8 = 4;
 /// A byte an attribute value may hold as it is.
 const VALUE: u8 = 8;
-/// The class past the end of the tag: nothing.
-const END: u8 = 0;
 
 /// What a `<stream:features>` element offers.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
