@@ -433,9 +433,12 @@ impl Watch<'_> {
             })
         });
         let found = |needle: &str| memmem::find(bytes, needle.as_bytes()).is_some();
-        // A namespace value could also be spelled with character references.
+        // A namespace value could also be spelled with character references; and a prefixed declaration
+        // quick-xml refuses (`xmlns:xml`, a prefix bound to the reserved `xml` namespace) makes `apply_in`
+        // fail closed (with the default depth limit, default declarations are too few to be refused).
         prefixed
-            || (XMLNS.find(bytes).is_some() && (found("&#") || self.redaction.watched().any(found)))
+            || (XMLNS.find(bytes).is_some()
+                && (found("&#") || found("xmlns:") || self.redaction.watched().any(found)))
     }
 }
 
@@ -1025,5 +1028,9 @@ mod tests {
         assert!(Redaction::default()
             .watch(None)
             .may_hide(b"<message>\xff</message>"));
+        // Found by the `redact` fuzz target: quick-xml refuses the declaration, `apply_in` fails closed.
+        let refused = b"<stream:stream xmlns:stream='http://www.w3.org/XML/1998/namespace'>";
+        assert!(Redaction::default().apply_in(refused, None).is_some());
+        assert!(Redaction::default().watch(None).may_hide(refused));
     }
 }
