@@ -1717,7 +1717,9 @@ fn targets(scenarios: &[Scenario], results: &[Vec<Measured>], idle: &[IdleRow]) 
         };
         let _ = writeln!(out, "{line}");
     };
-    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    // No ratio to a zero (a latency phase that was skipped measures 0 ms).
+    let ratio =
+        |a: Option<f64>, b: Option<f64>| a.zip(b).filter(|&(_, b)| b > 0.0).map(|(a, b)| a / b);
     let tput = |m: &Measured| m.stanzas_per_s;
     let p99 = |m: &Measured| m.p99_ms;
     check(

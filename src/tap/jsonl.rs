@@ -138,74 +138,69 @@ fn write_opening(out: &mut Vec<u8>, ts: &[u8], conn: u64, dir: Option<Direction>
 }
 
 /// The rest of a `stanza` record after its [`write_opening`], up to its closing brace.
-fn write_fields(out: &mut Vec<u8>, stanza: &StanzaView<'_>) {
-    field(out, b",\"name\":", Some(stanza.name));
-    field(out, b",\"ns\":", stanza.ns);
-    field(out, b",\"type\":", stanza.kind);
-    field(out, b",\"id\":", stanza.id);
-    field(out, b",\"from\":", stanza.from);
-    field(out, b",\"to\":", stanza.to);
-    field(out, b",\"xml\":", Some(stanza.xml));
-    field(out, b",\"pair\":", stanza.pair);
+///
+/// The XML is tested once for bytes to escape. Servers rarely write quotes, backslashes or line breaks into
+/// stanzas, so it usually has none, and then neither have the values read from its start tag (they are slices
+/// of it): those are copied as they are.
+fn write_fields<'a>(out: &mut Vec<u8>, stanza: &StanzaView<'a>) {
+    let xml = stanza.xml.as_bytes();
+    let plain_xml = !needs_escape(xml);
+    let xml_at = xml.as_ptr_range();
+    let plain = |value: &str| {
+        let at = value.as_bytes().as_ptr_range();
+        plain_xml && xml_at.start <= at.start && at.end <= xml_at.end
+    };
+    let with_plain = |value: Option<&'a str>| value.map(|value| (value, plain(value)));
+    field(out, b",\"name\":\"", with_plain(Some(stanza.name)));
+    field(out, b",\"ns\":\"", with_plain(stanza.ns));
+    field(out, b",\"type\":\"", with_plain(stanza.kind));
+    field(out, b",\"id\":\"", with_plain(stanza.id));
+    field(out, b",\"from\":\"", with_plain(stanza.from));
+    field(out, b",\"to\":\"", with_plain(stanza.to));
+    field(out, b",\"xml\":\"", Some((stanza.xml, plain_xml)));
+    field(out, b",\"pair\":\"", with_plain(stanza.pair));
     if stanza.redacted {
         out.extend_from_slice(b",\"redacted\":true");
     }
     out.push(b'}');
 }
 
-/// `key` (`,"name":`) and the value as a JSON string (nothing for `None`).
-fn field(out: &mut Vec<u8>, key: &[u8], value: Option<&str>) {
-    if let Some(value) = value {
-        out.extend_from_slice(key);
-        json_string(out, value);
+/// `opening` (`,"name":"`), the value as in a JSON string and its closing quote (nothing for `None`). A value
+/// known to need no escape (`true`) is copied as it is.
+fn field(out: &mut Vec<u8>, opening: &[u8], value: Option<(&str, bool)>) {
+    if let Some((value, plain)) = value {
+        out.extend_from_slice(opening);
+        if plain || !needs_escape(value.as_bytes()) {
+            out.extend_from_slice(value.as_bytes());
+        } else {
+            escape_bytewise(out, value.as_bytes());
+        }
+        out.push(b'"');
     }
 }
 
-/// A JSON string with serde_json's escapes: `\"`, `\\`, the short forms of backspace, tab, line feed, form
-/// feed and carriage return, `\u00xx` for the other control characters; everything else as it is.
-///
-/// Eight bytes at a time: a word with nothing to escape (nearly all of them: servers rarely write quotes,
-/// backslashes or line breaks into stanzas) is copied with the run it belongs to; any other byte by byte.
-/// Splitting a multi-byte character between words changes nothing: only ASCII bytes are escaped.
-fn json_string(out: &mut Vec<u8>, value: &str) {
-    let bytes = value.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut run = 0;
+/// Whether any of `bytes` is a quote, a backslash or a control character: something a JSON string escapes.
+/// Tested 32 bytes at a time, the last chunk padded with spaces (which need no escape), by a fold
+/// without an early exit, which the compiler turns into a few vector instructions per chunk.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ESCAPE_CHUNK: usize = 32;
+    let escapes = |chunk: &[u8]| {
+        chunk.iter().fold(false, |any, &b| {
+            any | (b < 0x20) | (b == b'"') | (b == b'\\')
+        })
+    };
     let mut chunks = bytes.chunks_exact(ESCAPE_CHUNK);
-    for (n, chunk) in chunks.by_ref().enumerate() {
-        if escapes(chunk) {
-            let at = ESCAPE_CHUNK * n;
-            out.extend_from_slice(&bytes[run..at]);
-            escape_bytewise(out, chunk);
-            run = at + ESCAPE_CHUNK;
-        }
+    if chunks.by_ref().any(escapes) {
+        return true;
     }
     let tail = chunks.remainder();
-    // Padded with spaces (which need no escape) to a whole chunk, tested as one.
     let mut padded = [b' '; ESCAPE_CHUNK];
     padded[..tail.len()].copy_from_slice(tail);
-    if escapes(&padded) {
-        out.extend_from_slice(&bytes[run..bytes.len() - tail.len()]);
-        escape_bytewise(out, tail);
-    } else {
-        out.extend_from_slice(&bytes[run..]);
-    }
-    out.push(b'"');
+    escapes(&padded)
 }
 
-/// How many bytes [`json_string`] tests at once.
-const ESCAPE_CHUNK: usize = 32;
-
-/// Whether any of `bytes` is a quote, a backslash or a control character. Without an early exit the compiler
-/// tests a whole chunk in a few vector instructions.
-fn escapes(bytes: &[u8]) -> bool {
-    bytes.iter().fold(false, |any, &b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    })
-}
-
-/// The escapes of [`json_string`], byte by byte.
+/// A JSON string's content with serde_json's escapes: `\"`, `\\`, the short forms of backspace, tab, line
+/// feed, form feed and carriage return, `\u00xx` for the other control characters; everything else as it is.
 fn escape_bytewise(out: &mut Vec<u8>, bytes: &[u8]) {
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -299,6 +294,49 @@ mod tests {
                     );
                 }
             }
+        }
+        // Values read from the XML's start tag (slices of it, as `RunView::view` gives them), with and without
+        // something to escape in the XML; and a value that is not a slice of it, to escape while the XML needs
+        // nothing.
+        let bytes = Bytes::new();
+        for xml in [
+            "<message id='plain' to='b@b.example'><body>x</body></message>",
+            "<message id='a\"b' to='b\\@b.example'><body>\n</body></message>",
+            "<message id='a\"b' to='b@b.example'/>",
+        ] {
+            let slice = |from: &str| {
+                let at = xml.find(from).expect("in the XML") + from.len();
+                let len = xml[at..].find('\'').expect("a closing quote");
+                &xml[at..at + len]
+            };
+            let view = StanzaView {
+                ts: OffsetDateTime::UNIX_EPOCH,
+                conn: 1,
+                dir: None,
+                name: &xml[1..8],
+                ns: Some("jabber:\"server"),
+                kind: None,
+                id: Some(slice("id='")),
+                from: None,
+                to: Some(slice("to='")),
+                xml,
+                buf: &bytes,
+                pair: Some("a->b"),
+                redacted: false,
+            };
+            let mut fast = Vec::new();
+            write_opening(
+                &mut fast,
+                b"1970-01-01T00:00:00.000000Z",
+                view.conn,
+                view.dir,
+            );
+            write_fields(&mut fast, &view);
+            let serde = serde_json::to_vec(&view.to_event()).expect("serializes");
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&serde)
+            );
         }
         // What the hand-written path leaves to serde_json.
         let mut event = stanza("<iq/>", None, true);
