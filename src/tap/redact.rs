@@ -25,8 +25,9 @@
 //! has it), then by convention (`db` for dialback, `stream` for the stream namespace), so a `<db:result>` cut out
 //! of a stream whose header declared `xmlns:db` is still recognized.
 //!
-//! If the fragment cannot be tokenized (it never happens for frames the framer cut), the redactor fails closed:
-//! everything from the point where it lost track to the end is masked.
+//! If the fragment cannot be tokenized, the redactor fails closed: everything from the point where it lost track
+//! to the end is masked, markup included. For frames the framer cut this happens only when quick-xml refuses a
+//! namespace declaration (`xmlns:xml='…'`, a prefix bound to the reserved `xml` or `xmlns` namespace).
 
 use crate::xml::element::{
     StreamHeader, NS_CLIENT, NS_DIALBACK, NS_SASL, NS_SERVER, NS_SM, NS_STREAM,
