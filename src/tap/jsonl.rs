@@ -167,6 +167,7 @@ fn write_fields<'a>(out: &mut Vec<u8>, stanza: &StanzaView<'a>) {
 
 /// `opening` (`,"name":"`), the value as in a JSON string and its closing quote (nothing for `None`). A value
 /// known to need no escape (`true`) is copied as it is.
+#[inline(always)]
 fn field(out: &mut Vec<u8>, opening: &[u8], value: Option<(&str, bool)>) {
     if let Some((value, plain)) = value {
         out.extend_from_slice(opening);

@@ -325,7 +325,8 @@ impl<'a> PlainHead<'a> {
             from: None,
             to: None,
         };
-        let mut keys = [""; MAX_ATTRIBUTES];
+        // The attributes read so far: `count`, of which those other than the usual four are kept.
+        let mut others = [""; MAX_ATTRIBUTES];
         let mut count = 0;
         loop {
             let spaced = at;
@@ -366,19 +367,26 @@ impl<'a> PlainHead<'a> {
                     _ => return None,
                 }
             }
-            if key == "xmlns" || key.starts_with("xmlns:") || keys[..count].contains(&key) {
-                return None;
+            let slot = match key {
+                "type" => Some(&mut head.kind),
+                "id" => Some(&mut head.id),
+                "from" => Some(&mut head.from),
+                "to" => Some(&mut head.to),
+                _ => None,
+            };
+            match slot {
+                // Twice the same attribute (the usual ones are told apart without comparing strings).
+                Some(Some(_)) => return None,
+                Some(slot) => *slot = Some(&text[value_start..at]),
+                None => {
+                    if key == "xmlns" || key.starts_with("xmlns:") || others[..count].contains(&key)
+                    {
+                        return None;
+                    }
+                    others[count] = key;
+                }
             }
-            keys[count] = key;
             count += 1;
-            let value = Some(&text[value_start..at]);
-            match key {
-                "type" => head.kind = value,
-                "id" => head.id = value,
-                "from" => head.from = value,
-                "to" => head.to = value,
-                _ => {}
-            }
             at += 1;
         }
     }
@@ -1127,6 +1135,8 @@ mod tests {
             b"<message xmlns='jabber:client'>",
             b"<db:result from='a'>",
             b"<message id='1' id='2'>",
+            b"<message to='b' type='chat' to='c'>",
+            b"<message xml:lang='en' to='b' xml:lang='de'>",
             b"<message id = '1'>",
             b"<message id='1'to='b'>",
             b"<message id=1>",
