@@ -326,7 +326,7 @@ pub enum EventKind {
     /// The writer fell behind and this many events were dropped since the last report.
     TapDropped { count: u64 },
     /// A run of ordinary stanzas (`message`, `presence`, `iq`) relayed in one batch, handed to the writer as one
-    /// event and parsed there ([`super::stage::Stage::view`], [`super::stage::Stage::stanza`]): the data path
+    /// event and parsed there ([`super::stage::RunView::view`], [`super::stage::Stage::stanza`]): the data path
     /// then costs one channel send per batch instead of a parse and a send per stanza. Sinks get each stanza
     /// of it as a [`StanzaView`] or an [`EventKind::Stanza`] event, never the run; never serialized.
     #[serde(skip)]
@@ -424,7 +424,7 @@ impl EventKind {
 }
 
 /// A `stanza` record borrowed from the bytes it describes: what the writer hands the sinks for the usual
-/// relayed stanza instead of an owned [`Event`] (see [`super::stage::Stage::view`]), and what the JSON Lines
+/// relayed stanza instead of an owned [`Event`] (see [`super::stage::RunView::view`]), and what the JSON Lines
 /// sink writes in both cases. It has no correlation notes beyond `pair` (iqs, which get `reply_to`, always
 /// become events) and nothing redacted (what redaction would touch always becomes an event). Its XML is UTF-8
 /// (XML that is not stays an event, written lossily).

@@ -152,7 +152,7 @@ pub trait Sink: Send {
     /// Records one event. Sinks ignore the kinds they do not care about.
     fn event(&mut self, event: &Event) -> io::Result<()>;
     /// Records one relayed stanza handed over as a borrowed view (the usual stanza of a busy stream, see
-    /// [`stage::Stage::view`]). The default makes it the owned event and calls [`Sink::event`]; a sink that
+    /// [`stage::RunView::view`]). The default makes it the owned event and calls [`Sink::event`]; a sink that
     /// writes stanzas itself, or ignores them, does better without the copy.
     fn stanza(&mut self, stanza: &event::StanzaView<'_>) -> io::Result<()> {
         self.event(&stanza.to_event())

@@ -165,10 +165,12 @@ impl Redaction {
         for (prefix, uri) in &stream.namespaces {
             if self.watched().any(|watched| watched == uri) {
                 match watch.prefixes.get_mut(watch.len) {
-                    Some(slot) => *slot = prefix,
+                    Some(slot) => {
+                        *slot = prefix;
+                        watch.len += 1;
+                    }
                     None => watch.always = true,
                 }
-                watch.len += 1;
             }
         }
         watch

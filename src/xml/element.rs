@@ -309,6 +309,29 @@ impl<'a> PlainHead<'a> {
                 .unwrap_or(rest.len());
             from + len
         };
+        // `span(from, VALUE)`, eight bytes at a time while there are eight: attribute values are most of a tag.
+        // A control character stops it too (`None` below; it is not XML anyway).
+        let value_span = |from: usize| {
+            const ONES: u64 = u64::from_le_bytes([1; 8]);
+            const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+            // The high bit of each byte below `n` (n <= 0x80) is set, and maybe of bytes above the first such:
+            // the lowest set bit is exact.
+            let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
+            let mut at = from;
+            while let Some(chunk) = bytes.get(at..at + 8) {
+                let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+                let stops = [b'\'', b'"', b'&', b'<']
+                    .iter()
+                    .fold(below(word, 0x20), |stops, &b| {
+                        stops | below(word ^ (ONES * u64::from(b)), 1)
+                    });
+                if stops != 0 {
+                    return at + (stops.trailing_zeros() / 8) as usize;
+                }
+                at += 8;
+            }
+            span(at, VALUE)
+        };
         let name_start = |at: usize| {
             bytes
                 .get(at)
@@ -358,7 +381,7 @@ impl<'a> PlainHead<'a> {
             at += 2;
             let value_start = at;
             loop {
-                at = span(at, VALUE);
+                at = value_span(at);
                 match bytes.get(at) {
                     Some(&b) if b == quote => break,
                     // The other quote.
@@ -1144,6 +1167,7 @@ mod tests {
             b"<1message>",
             b"message>",
             b"<message id='\xff'>",
+            b"<message from='a@b.example/long resource' id='control\x01'>",
         ];
         for tag in other {
             assert_eq!(
