@@ -310,7 +310,6 @@ impl<'a> PlainHead<'a> {
             from + len
         };
         // `span(from, VALUE)`, eight bytes at a time while there are eight: attribute values are most of a tag.
-        // A control character stops it too (`None` below; it is not XML anyway).
         let value_span = |from: usize| {
             const ONES: u64 = u64::from_le_bytes([1; 8]);
             const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
@@ -386,7 +385,7 @@ impl<'a> PlainHead<'a> {
                     Some(&b) if b == quote => break,
                     // The other quote.
                     Some(b'\'' | b'"') => at += 1,
-                    // A reference, whitespace to normalize, a `<`, or the end.
+                    // A reference, a control character (whitespace to normalize), a `<`, or the end.
                     _ => return None,
                 }
             }
@@ -425,7 +424,7 @@ const HEAD_CLASS: [u8; 256] = {
         let start = c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
         let name = start || c.is_ascii_digit() || c == b'-' || c == b'.';
         let space = matches!(c, b' ' | b'\t' | b'\r' | b'\n');
-        let value = !matches!(c, b'\'' | b'"' | b'&' | b'<' | b'\t' | b'\r' | b'\n');
+        let value = c >= 0x20 && !matches!(c, b'\'' | b'"' | b'&' | b'<');
         table[b] = (if start { NAME_START } else { 0 })
             | (if name { NAME } else { 0 })
             | (if space { SPACE } else { 0 })
@@ -437,7 +436,8 @@ const HEAD_CLASS: [u8; 256] = {
 const NAME_START: u8 = 1;
 const NAME: u8 = 2;
 const SPACE: u8 = 4;
-/// A byte an attribute value may hold as it is.
+/// A byte an attribute value may hold as it is: not a quote, `&` or `<`, nor a control character (whitespace
+/// to normalize, or not XML at all).
 const VALUE: u8 = 8;
 
 /// What a `<stream:features>` element offers.
@@ -1168,6 +1168,7 @@ mod tests {
             b"message>",
             b"<message id='\xff'>",
             b"<message from='a@b.example/long resource' id='control\x01'>",
+            b"<message id='c\x01'>",
         ];
         for tag in other {
             assert_eq!(
