@@ -202,14 +202,8 @@ fn check_plain_head(head: &[u8]) {
         )
     });
     assert_eq!(
-        (plain.name, plain.kind, plain.id, plain.from, plain.to),
-        (
-            full.name.as_str(),
-            full.kind.as_deref(),
-            full.id.as_deref(),
-            full.from.as_deref(),
-            full.to.as_deref()
-        ),
+        plain,
+        full.as_plain(),
         "PlainHead and the namespace reader differ on {:?}",
         String::from_utf8_lossy(head)
     );

@@ -449,8 +449,7 @@ pub struct StanzaView<'a> {
 impl StanzaView<'_> {
     /// `xml` as a slice of `buf`, or a copy if it does not lie in it.
     fn shared_xml(&self) -> Bytes {
-        let (buf, xml) = (self.buf.as_ptr_range(), self.xml.as_bytes().as_ptr_range());
-        if buf.start <= xml.start && xml.end <= buf.end {
+        if lies_within(self.xml.as_bytes(), self.buf) {
             self.buf.slice_ref(self.xml.as_bytes())
         } else {
             Bytes::copy_from_slice(self.xml.as_bytes())
@@ -480,6 +479,12 @@ impl StanzaView<'_> {
             },
         }
     }
+}
+
+/// Whether `part` is a slice of `whole` (by address, not by content).
+pub(crate) fn lies_within(part: &[u8], whole: &[u8]) -> bool {
+    let (part, whole) = (part.as_ptr_range(), whole.as_ptr_range());
+    whole.start <= part.start && part.end <= whole.end
 }
 
 impl Event {

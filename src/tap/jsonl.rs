@@ -3,7 +3,7 @@
 //! is the encrypted form of it. [`EventKind::TlsSecrets`] are not written either: the transcript is meant to be
 //! shared, the secrets only with `--keylog`.
 
-use super::event::{rfc3339_micros_bytes, StanzaView};
+use super::event::{lies_within, rfc3339_micros_bytes, StanzaView};
 use super::{Event, EventKind, Sink};
 use crate::side::Direction;
 use std::io::{self, Write};
@@ -145,11 +145,7 @@ fn write_opening(out: &mut Vec<u8>, ts: &[u8], conn: u64, dir: Option<Direction>
 fn write_fields<'a>(out: &mut Vec<u8>, stanza: &StanzaView<'a>) {
     let xml = stanza.xml.as_bytes();
     let plain_xml = !needs_escape(xml);
-    let xml_at = xml.as_ptr_range();
-    let plain = |value: &str| {
-        let at = value.as_bytes().as_ptr_range();
-        plain_xml && xml_at.start <= at.start && at.end <= xml_at.end
-    };
+    let plain = |value: &str| plain_xml && lies_within(value.as_bytes(), xml);
     let with_plain = |value: Option<&'a str>| value.map(|value| (value, plain(value)));
     field(out, b",\"name\":\"", with_plain(Some(stanza.name)));
     field(out, b",\"ns\":\"", with_plain(stanza.ns));
