@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench framer` prints ns per stanza and GB/s for the loadgen's 200-byte `<message>` and for a
 //! larger stanza with attributes and nested children, next to `memchr` over the same bytes (a floor: one
-//! vectorized pass that finds every `<`).
+//! vectorized pass that finds every `<`). Each twice: as the relay frames without a tap, and with the head
+//! spans the transcript writer takes from the framer (`Framer::record_head_spans`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -33,10 +34,12 @@ fn nested() -> Vec<u8> {
         .to_vec()
 }
 
-/// Frames `reads` (each a buffer of whole stanzas) `rounds` times; returns the time per stanza.
-fn run(stanza: &[u8], per_read: usize, rounds: usize) -> (Duration, usize) {
+/// Frames `reads` (each a buffer of whole stanzas) `rounds` times, recording head spans or not; returns the
+/// time per stanza.
+fn run(stanza: &[u8], spans: bool, per_read: usize, rounds: usize) -> (Duration, usize) {
     let read: Vec<u8> = stanza.repeat(per_read);
     let mut framer = Framer::new(Limits::default());
+    framer.record_head_spans(spans);
     match framer.next_frame(HEADER) {
         Ok(Some(_)) => {}
         other => panic!("header not framed: {other:?}"),
@@ -72,18 +75,20 @@ fn main() {
         .unwrap_or(7)
         .max(1);
     let cases = [
-        ("200-byte <message>", message(200)),
-        ("nested <message>", nested()),
+        ("200-byte <message>", message(200), false),
+        ("200-byte <message>, head spans", message(200), true),
+        ("nested <message>", nested(), false),
+        ("nested <message>, head spans", nested(), true),
     ];
     println!("| stanza | bytes | framer ns/stanza | framer GB/s | memchr('<') GB/s |");
     println!("|---|---:|---:|---:|---:|");
-    for (name, stanza) in cases {
+    for (name, stanza, spans) in cases {
         let per_read = 65_536 / stanza.len();
         let rounds = 20_000_000 / (per_read * stanza.len());
         // The fastest of several trials: this is a VM whose speed swings, and noise only ever adds time. Under
         // valgrind (instruction counts, which do not swing) one trial is enough: FRAMER_BENCH_TRIALS=1.
         let (took, frames) = (0..trials)
-            .map(|_| run(&stanza, per_read, rounds))
+            .map(|_| run(&stanza, spans, per_read, rounds))
             .min()
             .expect("at least one trial");
         let bytes = (frames * stanza.len()) as f64;

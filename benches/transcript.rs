@@ -14,6 +14,7 @@ use xmpptap::tap::event::{Origin, StanzaAt, Xml};
 use xmpptap::tap::jsonl::JsonlSink;
 use xmpptap::tap::redact::Redaction;
 use xmpptap::tap::{spawn_writer_with, Event, EventKind, Tap, TapOptions};
+use xmpptap::xml::framer::HeadSpans;
 
 const HEADER: &str =
     "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
@@ -39,6 +40,8 @@ fn run(conn: u64) -> Event {
             at,
             len: bytes.len() - at,
             head_end: head.len(),
+            // What the relay's framer finds in the start tag.
+            spans: HeadSpans::find(&bytes[at..]),
         });
     }
     Event::now(

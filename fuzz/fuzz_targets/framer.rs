@@ -7,6 +7,8 @@
 //!   StreamOpen a declaration and a stream start tag, a Whitespace whitespace, a StreamClose one end tag.
 //! - Fed in chunks cut at points chosen from the input's hash, and byte by byte, it finds the same frames
 //!   (whitespace runs may be cut differently), the same leftover, and an error exactly when fed whole does.
+//! - Wherever it records head spans (as the relay's framer does under a tap), they give what `PlainHead` reads
+//!   of the start tag.
 //!
 //! A quarter of the inputs run under small limits (size and depth, chosen from the hash) to reach the limit
 //! checks; the others under the defaults.

@@ -6,7 +6,7 @@
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use xmpptap::xml::element::{ElementHead, PlainHead, StreamHeader};
-use xmpptap::xml::framer::{FrameKind, Framer, Limits};
+use xmpptap::xml::framer::{FrameKind, Framer, HeadSpans, Limits};
 
 /// FNV-1a: a seed that changes whenever the fuzzer changes a byte.
 pub fn fnv(data: &[u8]) -> u64 {
@@ -58,6 +58,8 @@ pub enum Outcome {
 /// each chunk, and calling [`Framer::reset`] after a `<proceed` stanza as the session does after STARTTLS.
 pub fn frame_in_chunks(input: &[u8], sizes: &[usize], limits: Limits) -> (Vec<Framed>, Outcome) {
     let mut framer = Framer::new(limits);
+    // As the relay's framer does when a tap is on.
+    framer.record_head_spans(true);
     let mut buf = Vec::new();
     let mut frames = Vec::new();
     let mut at = 0;
@@ -85,6 +87,9 @@ pub fn frame_in_chunks(input: &[u8], sizes: &[usize], limits: Limits) -> (Vec<Fr
                         bytes: frame.bytes(&buf).to_vec(),
                         head: frame.head_bytes(&buf).to_vec(),
                     };
+                    if let Some(spans) = &frame.spans {
+                        check_spans(&framed, spans);
+                    }
                     buf.drain(..frame.len);
                     if framed.kind == FrameKind::Stanza && framed.head.starts_with(b"<proceed") {
                         framer.reset();
@@ -186,6 +191,17 @@ pub fn check_frame(frame: &Framed) {
             check_plain_head(&frame.head);
         }
     }
+}
+
+/// The head spans the framer recorded for a stanza give what [`PlainHead`] reads of its start tag.
+fn check_spans(frame: &Framed, spans: &HeadSpans) {
+    let text = std::str::from_utf8(&frame.bytes)
+        .unwrap_or_else(|e| panic!("{e}: spans {spans:?} of a frame that is not UTF-8"));
+    assert_eq!(
+        PlainHead::from_spans(text, spans),
+        PlainHead::parse(&frame.head),
+        "the spans {spans:?} and PlainHead differ on {text:?}"
+    );
 }
 
 /// Where [`PlainHead`] reads a stanza's start tag (the transcript writer's shortcut), it reads what the

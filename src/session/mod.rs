@@ -470,6 +470,8 @@ impl Session<'_> {
             RawRecorder::new(&self.ctx.tap, self.conn, Side::Initiator),
         );
         let mut ini = Leg::new(Side::Initiator, Transport::Plain(tcp), limits);
+        // What the transcript writer would otherwise read again (see `Framer::record_head_spans`).
+        ini.framer.record_head_spans(self.ctx.tap.enabled());
         if direct_tls {
             ini = match self.tls_accept_direct(ini).await {
                 Ok(ini) => ini,
@@ -596,6 +598,7 @@ impl Session<'_> {
             )),
             limits,
         );
+        rec.framer.record_head_spans(self.ctx.tap.enabled());
         if connected.candidate.direct_tls {
             rec = match self.tls_upstream(rec, &domain).await {
                 Ok(rec) => rec,

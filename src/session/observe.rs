@@ -122,11 +122,14 @@ impl Observer {
                     self.stanzas += 1;
                     if run.is_empty() {
                         run_start = offset;
+                        // One allocation per run rather than one per doubling.
+                        run.reserve(frames.len());
                     }
                     run.push(StanzaAt {
                         at: offset - run_start,
                         len: frame.len,
                         head_end: frame.head.end,
+                        spans: frame.spans,
                     });
                 }
                 _ => {

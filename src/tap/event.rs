@@ -7,6 +7,7 @@ use crate::side::{Direction, Side};
 use crate::tls::TlsInfo;
 use crate::upstream::route::RouteSource;
 use crate::xml::element::Features;
+use crate::xml::framer::HeadSpans;
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
 use std::net::SocketAddr;
@@ -587,6 +588,8 @@ pub struct StanzaAt {
     pub len: usize,
     /// End of its start tag, relative to `at`.
     pub head_end: usize,
+    /// Where the framer found the parts of its start tag the record shows, if it did.
+    pub spans: Option<HeadSpans>,
 }
 
 /// One feature xmpptap removed from what the initiator sees.

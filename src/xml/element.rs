@@ -18,6 +18,8 @@ use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::name::{Namespace, NamespaceError, PrefixDeclaration, ResolveResult};
 use quick_xml::{NsReader, XmlVersion};
 
+use super::framer::HeadSpans;
+
 /// The stream namespace (RFC 6120 4.8.1), of `<stream:stream>`, `<stream:features>`, `<stream:error>`.
 pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
 /// Content namespace of server-to-server streams.
@@ -304,6 +306,23 @@ impl<'a> PlainHead<'a> {
             // Only the start tag need be UTF-8 (`tag` may go on into a frame cut short).
             Err(e) => Self::parse_str(std::str::from_utf8(&tag[..e.valid_up_to()]).ok()?),
         }
+    }
+
+    /// The head the framer's fast path found in `frame` (a Stanza frame's text, from its first byte), as
+    /// [`Self::parse`] reads it; `None` if the spans do not lie within `frame`.
+    pub fn from_spans(frame: &'a str, spans: &HeadSpans) -> Option<Self> {
+        let value = |(start, end): (u16, u16)| match start {
+            0 => Some(None),
+            _ => frame.get(usize::from(start)..usize::from(end)).map(Some),
+        };
+        let [kind, id, from, to] = spans.values;
+        Some(PlainHead {
+            name: frame.get(1..usize::from(spans.name_end))?,
+            kind: value(kind)?,
+            id: value(id)?,
+            from: value(from)?,
+            to: value(to)?,
+        })
     }
 
     /// [`Self::parse`] for text already known to be UTF-8.

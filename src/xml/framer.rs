@@ -37,6 +37,10 @@
 //! unusual construct is still judged by the quick-xml path alone. The test `fast_path_agrees_with_quick_xml`
 //! holds the two paths to the same frames on mutated streams.
 //!
+//! When asked ([`Framer::record_head_spans`], which the relay does when a tap is on), the fast path also notes
+//! where the name and the `type`, `id`, `from` and `to` values of a usual stanza's start tag lie
+//! ([`HeadSpans`]): the transcript writer then takes them from the frame instead of reading the tag again.
+//!
 //! # End of input
 //!
 //! The framer never sees end of input. Once `next_frame` has returned `Ok(None)`, any byte left in the buffer
@@ -109,6 +113,36 @@ pub struct Frame {
     /// Byte range, within the frame, of the top-level start tag: the stream header for StreamOpen, the opening
     /// (or empty-element) tag for Stanza, the whole frame for Whitespace and StreamClose.
     pub head: Range<usize>,
+    /// Where the parts [`PlainHead`](super::element::PlainHead) reads lie in a Stanza's start tag, when the
+    /// framer records them ([`Framer::record_head_spans`]), the fast path framed the stanza and the tag is one
+    /// `PlainHead` reads; `None` otherwise.
+    pub spans: Option<HeadSpans>,
+}
+
+/// Where the fast path found the name and the usual attributes (`type`, `id`, `from`, `to`) of a top-level
+/// start tag that [`PlainHead`](super::element::PlainHead) reads: so that the transcript writer, on its own
+/// thread, takes them from the frame instead of reading the tag a second time. Offsets are from the start of
+/// the frame; [`PlainHead::from_spans`](super::element::PlainHead::from_spans) turns them into the `PlainHead`
+/// that [`PlainHead::parse`](super::element::PlainHead::parse) would read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadSpans {
+    /// The end of the element's name, which starts at 1.
+    pub name_end: u16,
+    /// The values of `type`, `id`, `from` and `to`, in that order, as (start, end) offsets; (0, 0) when the
+    /// attribute is absent (no value starts at 0).
+    pub values: [(u16, u16); 4],
+}
+
+impl HeadSpans {
+    /// What the fast path finds in `stanza`, one whole top-level element, framed on its own: for callers that
+    /// hold a stanza but not the frame it came in (tests, benchmarks).
+    pub fn find(stanza: &[u8]) -> Option<Self> {
+        let limits = Limits {
+            max_stanza_bytes: stanza.len(),
+            max_depth: FAST_DEPTH,
+        };
+        plain_element::<true>(stanza, b"", limits)?.spans
+    }
 }
 
 impl Frame {
@@ -285,6 +319,8 @@ pub struct Framer {
     /// Bytes handed to quick-xml, to test that resuming is not quadratic.
     #[cfg(test)]
     work: usize,
+    /// Whether the fast path records [`Frame::spans`].
+    head_spans: bool,
     /// Whether [`plain_element`] is tried first (tests compare both paths).
     #[cfg(test)]
     fast_path: bool,
@@ -301,11 +337,18 @@ impl Framer {
             scanned: 0,
             open: Vec::new(),
             waiting: None,
+            head_spans: false,
             #[cfg(test)]
             work: 0,
             #[cfg(test)]
             fast_path: true,
         }
+    }
+
+    /// Whether frames the fast path finds carry [`Frame::spans`] (off by default). Finding them costs the
+    /// framer a little; the transcript writer saves much more, so the relay turns this on when a tap is.
+    pub fn record_head_spans(&mut self, on: bool) {
+        self.head_spans = on;
     }
 
     /// The limits this framer enforces.
@@ -361,7 +404,12 @@ impl Framer {
             && self.waiting.is_none()
             && self.fast_path_enabled()
         {
-            if let Some(frame) = plain_element(window, &self.stream_qname, self.limits) {
+            let fast = if self.head_spans {
+                plain_element::<true>(window, &self.stream_qname, self.limits)
+            } else {
+                plain_element::<false>(window, &self.stream_qname, self.limits)
+            };
+            if let Some(frame) = fast {
                 return Ok(Some(frame));
             }
         }
@@ -792,7 +840,12 @@ impl Framer {
             });
         }
         self.forget_partial();
-        Ok(Some(Frame { kind, len, head }))
+        Ok(Some(Frame {
+            kind,
+            len,
+            head,
+            spans: None,
+        }))
     }
 
     fn need_more(&self, buf: &[u8]) -> Result<Option<Frame>, FrameError> {
@@ -899,7 +952,14 @@ const NAME_CLASS: [u8; 256] = {
 
 /// The end of the ASCII QName starting at `at` (one optional colon between two non-empty names), or `None`
 /// if there is none there.
+#[inline(always)]
 fn plain_qname(w: &[u8], at: usize) -> Option<usize> {
+    plain_qname_prefixed(w, at).map(|(end, _)| end)
+}
+
+/// [`plain_qname`], and whether the name has a prefix.
+#[inline(always)]
+fn plain_qname_prefixed(w: &[u8], at: usize) -> Option<(usize, bool)> {
     let mut i = at;
     let mut colon = false;
     loop {
@@ -916,7 +976,7 @@ fn plain_qname(w: &[u8], at: usize) -> Option<usize> {
             colon = true;
             i += 1;
         } else {
-            return Some(i);
+            return Some((i, colon));
         }
     }
 }
@@ -939,6 +999,7 @@ fn predefined_reference(w: &[u8], at: usize) -> Option<usize> {
 /// a control character. Returns the position of the first byte that does, or where fewer than eight bytes are
 /// left. SWAR: a byte below `n` is flagged when subtracting `n` from it borrows into its high bit; the lowest
 /// flag is always exact.
+#[inline(always)]
 fn skip_plain(w: &[u8], mut i: usize, stop: u8, seen: &mut u8) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -964,6 +1025,7 @@ fn skip_plain(w: &[u8], mut i: usize, stop: u8, seen: &mut u8) -> usize {
 /// The end of the character data starting at `at`: the position of the next `<`. `None` for anything the fast
 /// path leaves to quick-xml: a reference other than the predefined ones, a control character, the end of the
 /// window.
+#[inline(always)]
 fn plain_text(w: &[u8], mut i: usize, seen: &mut u8) -> Option<usize> {
     loop {
         i = skip_plain(w, i, b'<', seen);
@@ -979,8 +1041,16 @@ fn plain_text(w: &[u8], mut i: usize, seen: &mut u8) -> Option<usize> {
 }
 
 /// The end of the attribute value starting at `i`, closed by `quote`: the position of the quote. `None` for
-/// what [`plain_text`] leaves to quick-xml, and for `<`.
-fn plain_value(w: &[u8], mut i: usize, quote: u8, seen: &mut u8) -> Option<usize> {
+/// what [`plain_text`] leaves to quick-xml, and for `<`. `as_written` is cleared when the value holds a
+/// reference or whitespace that is normalized (tab, CR, LF): its bytes are then not its value.
+#[inline(always)]
+fn plain_value(
+    w: &[u8],
+    mut i: usize,
+    quote: u8,
+    seen: &mut u8,
+    as_written: &mut bool,
+) -> Option<usize> {
     loop {
         i = skip_plain(w, i, quote, seen);
         let b = *w.get(i)?;
@@ -988,8 +1058,16 @@ fn plain_value(w: &[u8], mut i: usize, quote: u8, seen: &mut u8) -> Option<usize
         match b {
             b if b == quote => return Some(i),
             b'<' => return None,
-            b'&' => i += predefined_reference(w, i)?,
+            b'&' => {
+                *as_written = false;
+                i += predefined_reference(w, i)?;
+            }
             b if b < 0x20 && !is_xml_space(b) => return None,
+            // Tab, CR or LF.
+            b if b < 0x20 => {
+                *as_written = false;
+                i += 1;
+            }
             _ => i += 1,
         }
     }
@@ -999,7 +1077,7 @@ fn plain_value(w: &[u8], mut i: usize, quote: u8, seen: &mut u8) -> Option<usize
 /// of `w`, if it is made only of what this function knows, all of it well-formed. `None` means "ask
 /// quick-xml", never "malformed". `stream` is the stream element's QName: an element of that name at top level
 /// is a restart, which the quick-xml path frames.
-fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
+fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
     if w.first() != Some(&b'<') {
         return None;
     }
@@ -1007,8 +1085,11 @@ fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
     let mut open = [(0usize, 0usize); FAST_DEPTH];
     let mut depth: usize = 0;
     let mut head_end = 0;
+    let mut spans = None;
     // The OR of the bytes of text and attribute values: whether UTF-8 must be checked.
     let mut seen = 0u8;
+    // Whether every attribute value so far is its bytes as written (read after the top-level tag, the first).
+    let mut as_written = true;
     let mut i = 0;
     loop {
         // At a `<`.
@@ -1022,15 +1103,18 @@ fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
             i = end + 1;
         } else {
             let name_start = i + 1;
-            let name_end = plain_qname(w, name_start)?;
+            let (name_end, prefixed) = plain_qname_prefixed(w, name_start)?;
             if depth == 0 && same(&w[name_start..name_end], stream) {
                 return None;
             }
             if depth + 1 > limits.max_depth || depth == FAST_DEPTH {
                 return None;
             }
-            // Attributes: at least one space, name='value' or name="value", no duplicates.
+            // Attributes: at least one space, name='value' or name="value", no duplicates. The range of each
+            // name, and the end of each value (which starts two bytes after the name's end) for the head spans:
+            // without them, the compiler drops that array.
             let mut keys = [(0usize, 0usize); INLINE_ATTRIBUTES];
+            let mut value_ends = [0usize; INLINE_ATTRIBUTES];
             let mut count = 0;
             let mut j = name_end;
             let empty = loop {
@@ -1059,13 +1143,19 @@ fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
                 if keys[..count].iter().any(|&(s, e)| same(&w[s..e], key)) {
                     return None;
                 }
+                let value_end = plain_value(w, key_end + 2, quote, &mut seen, &mut as_written)?;
                 keys[count] = (j, key_end);
+                value_ends[count] = value_end;
                 count += 1;
-                j = plain_value(w, key_end + 2, quote, &mut seen)? + 1;
+                j = value_end + 1;
             };
             i = j + 1;
             if depth == 0 {
                 head_end = i;
+                // A prefixed element is in a namespace the header may have bound to anything.
+                if SPANS && as_written && !prefixed && i <= usize::from(u16::MAX) {
+                    spans = head_spans(w, name_end, &keys[..count], &value_ends);
+                }
             }
             if !empty {
                 open[depth] = (name_start, name_end);
@@ -1084,10 +1174,46 @@ fn plain_element(w: &[u8], stream: &[u8], limits: Limits) -> Option<Frame> {
                 kind: FrameKind::Stanza,
                 len: i,
                 head: 0..head_end,
+                spans,
             });
         }
         i = plain_text(w, i, &mut seen)?;
     }
+}
+
+/// [`HeadSpans`] for the top-level start tag at the front of `w`, whose unprefixed name ends at `name_end`,
+/// which ends before `u16::MAX`, and whose attributes (the range of each name, and the end of each value) all
+/// have values as written; `None` if a namespace declaration makes `PlainHead` leave the tag to the namespace
+/// reader.
+#[inline(always)]
+fn head_spans(
+    w: &[u8],
+    name_end: usize,
+    keys: &[(usize, usize)],
+    value_ends: &[usize],
+) -> Option<HeadSpans> {
+    // Every offset lies within the tag, which the caller has checked fits in u16.
+    let short = |at: usize| at as u16;
+    let mut spans = HeadSpans {
+        name_end: short(name_end),
+        values: [(0, 0); 4],
+    };
+    for (&(key_start, key_end), &value_end) in keys.iter().zip(value_ends) {
+        // Slice patterns, which compile to a length check and byte compares rather than calls to `memcmp`.
+        let slot = match &w[key_start..key_end] {
+            [b't', b'y', b'p', b'e'] => 0,
+            [b'i', b'd'] => 1,
+            [b'f', b'r', b'o', b'm'] => 2,
+            [b't', b'o'] => 3,
+            // A namespace declaration puts the element or its attributes in another namespace.
+            [b'x', b'm', b'l', b'n', b's'] | [b'x', b'm', b'l', b'n', b's', b':', ..] => {
+                return None
+            }
+            _ => continue,
+        };
+        spans.values[slot] = (short(key_end + 2), short(value_end));
+    }
+    Some(spans)
 }
 
 /// `Char` of XML 1.0.
@@ -1179,6 +1305,7 @@ fn check_decl(decl: &BytesDecl<'_>) -> Result<(), FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xml::element::PlainHead;
 
     const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
         xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
@@ -1926,8 +2053,27 @@ mod tests {
         Ok(frames)
     }
 
+    /// For each stanza the fast path frames on its own: whether the spans it finds give exactly what
+    /// `PlainHead` reads of the start tag (both `None`, or the same head). Returns how many gave a head.
+    fn check_spans(frames: &[Framed]) -> usize {
+        let mut heads = 0;
+        for (kind, bytes, head) in frames {
+            let Some(frame) = plain_element::<true>(bytes, b"stream:stream", Limits::default())
+            else {
+                continue;
+            };
+            assert_eq!(*kind, FrameKind::Stanza);
+            let text = std::str::from_utf8(bytes).expect("the fast path checked UTF-8");
+            let from_spans = frame.spans.and_then(|s| PlainHead::from_spans(text, &s));
+            assert_eq!(from_spans, PlainHead::parse(head), "{text}");
+            heads += usize::from(from_spans.is_some());
+        }
+        heads
+    }
+
     /// The fast path returns exactly the frames quick-xml would, and never hides an error: on stanzas of every
-    /// shape it knows and does not know, mutated at random, split at random.
+    /// shape it knows and does not know, mutated at random, split at random. Where it finds the usual
+    /// attributes, it finds what `PlainHead` reads.
     #[test]
     fn fast_path_agrees_with_quick_xml() {
         let stanzas = [
@@ -1947,6 +2093,9 @@ mod tests {
             "<m\u{e9}ssage/>",
             "<message></message >",
             "<message a1='1' a2='2' a3='3' a4='4' a5='5' a6='6' a7='7' a8='8' a9='9'/>",
+            "<presence xml:lang='en' xmlnsx='1' to=\"b@b.example\" id=\"it's\" type='away'/>",
+            "<iq xmlns:x='urn:x' type='get' id='x1'/>",
+            "<message to='b@b.example' id='a\tb'/>",
         ];
         let mut base = HEADER.to_owned();
         for stanza in stanzas.iter().filter(|s| !s.contains("a='2'")) {
@@ -1971,6 +2120,7 @@ mod tests {
             (seed % n as u64) as usize
         };
         let mut accepted = 0;
+        let mut heads = 0;
         for _ in 0..5000 {
             let mut input = base.to_vec();
             for _ in 0..1 + next(3) {
@@ -1999,6 +2149,7 @@ mod tests {
                     String::from_utf8_lossy(&input)
                 );
                 accepted += usize::from(fast.is_ok());
+                heads += fast.as_deref().map_or(0, check_spans);
             }
         }
         // The mutations must leave many streams valid, or the comparison says little about accepted frames.
@@ -2006,6 +2157,7 @@ mod tests {
             accepted > 1000,
             "only {accepted} mutated streams were accepted"
         );
+        assert!(heads > 1000, "only {heads} start tags had spans");
     }
 
     #[test]
