@@ -751,6 +751,9 @@ mod tests {
             let EventKind::Stanzas { frames, .. } = &run.kind else {
                 unreachable!("a run");
             };
+            // The two messages, the presence and the iq have usual start tags, when the spans are given.
+            let with_spans = frames.iter().filter(|f| f.spans.is_some()).count();
+            assert_eq!(with_spans, if spans { 4 } else { 0 });
             let mut viewed = 0;
             for frame in frames {
                 let mut event = processing.stanza(&run, frame);
