@@ -38,11 +38,29 @@ impl Rng {
 }
 
 /// One frame: its kind, bytes and head bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Framed {
     pub kind: FrameKind,
     pub bytes: Vec<u8>,
     pub head: Vec<u8>,
+    /// What the framer's head spans say ([`HeadSpans::one_namespace`]): no element has a prefix or declares a
+    /// namespace. `None` when it recorded no spans.
+    pub one_namespace: Option<bool>,
+}
+
+/// Frames are equal when their kind and bytes are. The spans are a shortcut the framer takes or not depending
+/// on how the bytes arrived (a start tag cut between reads is framed without them), so `one_namespace` counts
+/// only where both frames have it.
+impl PartialEq for Framed {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.bytes == other.bytes
+            && self.head == other.head
+            && match (self.one_namespace, other.one_namespace) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 /// How feeding a whole input ended.
@@ -86,6 +104,7 @@ pub fn frame_in_chunks(input: &[u8], sizes: &[usize], limits: Limits) -> (Vec<Fr
                         kind: frame.kind,
                         bytes: frame.bytes(&buf).to_vec(),
                         head: frame.head_bytes(&buf).to_vec(),
+                        one_namespace: frame.spans.as_ref().map(|spans| spans.one_namespace),
                     };
                     if let Some(spans) = &frame.spans {
                         check_spans(&framed, spans);

@@ -416,6 +416,13 @@ impl Watch<'_> {
         }
     }
 
+    /// [`Self::may_hide`] for a fragment in which no element has a prefix or declares a namespace, so that every
+    /// element is in the stream's default namespace: the framer tells (`HeadSpans::one_namespace`), and then
+    /// the fragment need not be read.
+    pub fn may_hide_unqualified(&self) -> bool {
+        !self.redaction.is_none() && self.always
+    }
+
     /// [`Self::may_hide`] for a fragment known to be UTF-8.
     pub fn may_hide_text(&self, xml: &str) -> bool {
         if self.redaction.is_none() {
@@ -639,6 +646,7 @@ fn to_usize(position: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xml::framer::HeadSpans;
 
     /// A real SCRAM-SHA-1 exchange (RFC 5802 section 5's example, base64 as on the wire).
     const SCRAM_SECRETS: [&str; 4] = [
@@ -1028,6 +1036,37 @@ mod tests {
                 assert_eq!(redaction.apply_in(xml.as_bytes(), stream), None, "{xml}");
             }
         }
+        // Where the framer saw no prefix and no namespace declaration in a stanza, `may_hide_unqualified`
+        // stands in for `may_hide`: it too says `false` only where `apply_in` finds nothing.
+        let unqualified = [
+            plain,
+            "<auth mechanism='PLAIN'>AGFAYg==</auth>",
+            "<result to='b.test' from='a.test'>key</result>",
+            "<iq type='set' id='r'><query><username>u</username><password>p</password></query></iq>",
+            "<enabled id='secret' resume='true'/>",
+        ];
+        let redactions = [
+            Redaction::default(),
+            Redaction::redact(),
+            Redaction::default().with_bodies(),
+            Redaction::log_secrets(),
+        ];
+        let mut hidden = 0;
+        for xml in unqualified {
+            let spans = HeadSpans::find(xml.as_bytes()).expect("the framer's fast path reads it");
+            assert!(spans.one_namespace, "{xml}");
+            for redaction in redactions {
+                for stream in [None, Some(&db), Some(&k), Some(&sasl_default)] {
+                    let found = redaction.apply_in(xml.as_bytes(), stream);
+                    if !redaction.watch(stream).may_hide_unqualified() {
+                        assert_eq!(found, None, "{xml} under {redaction:?}");
+                    }
+                    hidden += usize::from(found.is_some());
+                }
+            }
+        }
+        // Some of them do hold a secret (SASL under a SASL default namespace, bodies).
+        assert!(hidden >= 5, "only {hidden} redacted");
         assert!(Redaction::default()
             .watch(None)
             .may_hide(b"<message>\xff</message>"));

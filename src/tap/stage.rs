@@ -261,14 +261,19 @@ impl<'a> RunView<'a> {
     pub fn view(&self, frame: &StanzaAt) -> Option<StanzaView<'a>> {
         let xml = self.bytes.get(frame.at..frame.at + frame.len)?;
         let text = std::str::from_utf8(xml).ok()?;
-        // The framer's fast path has usually read the start tag already.
+        // The framer's fast path has usually read the start tag already, and seen whether any element may be in
+        // a namespace other than the stream's default one.
         let head = match &frame.spans {
             Some(spans) => PlainHead::from_spans(text, spans)?,
             None => PlainHead::parse_str(text.get(..frame.head_end)?)?,
         };
+        let may_hide = || match &frame.spans {
+            Some(spans) if spans.one_namespace => self.watch.may_hide_unqualified(),
+            _ => self.watch.may_hide_text(text),
+        };
         if is_iq(head.name, self.ns)
             || (head.id.is_some() && self.redaction.hides_id_of(self.ns, head.name))
-            || self.watch.may_hide_text(text)
+            || may_hide()
         {
             return None;
         }

@@ -132,6 +132,10 @@ pub struct HeadSpans {
     /// The values of `type`, `id`, `from` and `to`, in that order, as (start, end) offsets; (0, 0) when the
     /// attribute is absent (no value starts at 0).
     pub values: [(u16, u16); 4],
+    /// No element of the stanza has a prefixed name or an attribute named `xmlns` or `xmlns...`: every element
+    /// is in the stream's default namespace, so redaction need not read the stanza
+    /// ([`Watch::may_hide_unqualified`](crate::tap::redact::Watch::may_hide_unqualified)).
+    pub one_namespace: bool,
 }
 
 impl HeadSpans {
@@ -1091,6 +1095,8 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
     let mut seen = 0u8;
     // Whether every attribute value so far is its bytes as written (read after the top-level tag, the first).
     let mut as_written = true;
+    // Whether no element so far has a prefix or an attribute that may declare a namespace (spans only).
+    let mut one_namespace = true;
     let mut i = 0;
     loop {
         // At a `<`.
@@ -1105,6 +1111,7 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
         } else {
             let name_start = i + 1;
             let (name_end, prefixed) = plain_qname_prefixed(w, name_start)?;
+            one_namespace &= !(SPANS && prefixed);
             if depth == 0 && same(&w[name_start..name_end], stream) {
                 return None;
             }
@@ -1141,6 +1148,7 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
                     return None;
                 }
                 let key = &w[j..key_end];
+                one_namespace &= !(SPANS && matches!(key, [b'x', b'm', b'l', b'n', b's', ..]));
                 if keys[..count].iter().any(|&(s, e)| same(&w[s..e], key)) {
                     return None;
                 }
@@ -1175,7 +1183,10 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
                 kind: FrameKind::Stanza,
                 len: i,
                 head: 0..head_end,
-                spans,
+                spans: spans.map(|spans| HeadSpans {
+                    one_namespace,
+                    ..spans
+                }),
             });
         }
         i = plain_text(w, i, &mut seen)?;
@@ -1198,6 +1209,8 @@ fn head_spans(
     let mut spans = HeadSpans {
         name_end: short(name_end),
         values: [(0, 0); 4],
+        // Set by the caller once the whole stanza is read.
+        one_namespace: false,
     };
     for (&(key_start, key_end), &value_end) in keys.iter().zip(value_ends) {
         // Slice patterns, which compile to a length check and byte compares rather than calls to `memcmp`.
@@ -2068,8 +2081,31 @@ mod tests {
             let from_spans = frame.spans.and_then(|s| PlainHead::from_spans(text, &s));
             assert_eq!(from_spans, PlainHead::parse(head), "{text}");
             heads += usize::from(from_spans.is_some());
+            if let Some(spans) = frame.spans {
+                assert_eq!(spans.one_namespace, one_namespace(bytes), "{text}");
+            }
         }
         heads
+    }
+
+    /// What quick-xml reads of a stanza: no element name with a prefix, no attribute named `xmlns...`.
+    fn one_namespace(stanza: &[u8]) -> bool {
+        let mut reader = Reader::from_reader(stanza);
+        loop {
+            match reader.read_event() {
+                Ok(Event::Start(tag) | Event::Empty(tag)) => {
+                    let declares = tag
+                        .attributes()
+                        .any(|a| a.is_ok_and(|a| a.key.into_inner().starts_with("xmlns")));
+                    if tag.name().prefix().is_some() || declares {
+                        return false;
+                    }
+                }
+                Ok(Event::Eof) => return true,
+                Ok(_) => {}
+                Err(e) => panic!("{e} in a stanza the fast path framed"),
+            }
+        }
     }
 
     /// The fast path returns exactly the frames quick-xml would, and never hides an error: on stanzas of every
@@ -2097,6 +2133,9 @@ mod tests {
             "<presence xml:lang='en' xmlnsx='1' to=\"b@b.example\" id=\"it's\" type='away'/>",
             "<iq xmlns:x='urn:x' type='get' id='x1'/>",
             "<message to='b@b.example' id='a\tb'/>",
+            "<message to='b@b.example'><body>xmlns</body><x:y/></message>",
+            "<message type='chat' id='n'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            "<presence to='b@b.example'><c xmlnsx='1' x:a='2'><show>away</show></c></presence>",
         ];
         let mut base = HEADER.to_owned();
         for stanza in stanzas.iter().filter(|s| !s.contains("a='2'")) {
