@@ -955,6 +955,68 @@ const NAME_CLASS: [u8; 256] = {
     table
 };
 
+/// An attribute name the fast path read: where it is in the window, and its first eight bytes as a
+/// little-endian word, zero past its end (no name byte is zero), which tells most names apart in one compare.
+#[derive(Debug, Clone, Copy, Default)]
+struct Key {
+    start: usize,
+    end: usize,
+    word: u64,
+}
+
+impl Key {
+    /// The name `w[start..end]`.
+    #[inline(always)]
+    fn read(w: &[u8], start: usize, end: usize) -> Key {
+        let len = end - start;
+        let word = match w.get(start..).and_then(<[u8]>::first_chunk::<8>) {
+            Some(&bytes) => u64::from_le_bytes(bytes),
+            // Fewer than eight bytes left in the window.
+            None => word_of(&w[start..end.min(start + 8)]),
+        };
+        let word = if len >= 8 {
+            word
+        } else {
+            word & ((1 << (8 * len)) - 1)
+        };
+        Key { start, end, word }
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Whether `other` is the same name.
+    #[inline(always)]
+    fn same(&self, other: &Key, w: &[u8]) -> bool {
+        self.word == other.word
+            && self.len() == other.len()
+            && (self.len() <= 8 || same(&w[self.start..self.end], &w[other.start..other.end]))
+    }
+
+    /// Whether the name starts with `xmlns` (a declaration, or a name reserved for one).
+    fn starts_xmlns(&self) -> bool {
+        self.len() >= 5 && self.word & 0xff_ffff_ffff == word_of(b"xmlns")
+    }
+
+    /// Whether the name is `xmlns` or `xmlns:...`: a namespace declaration.
+    fn declares(&self) -> bool {
+        (self.len() == 5 && self.word == word_of(b"xmlns"))
+            || (self.len() >= 6 && self.word & 0xffff_ffff_ffff == word_of(b"xmlns:"))
+    }
+}
+
+/// The little-endian word of up to eight bytes, zero past their end.
+const fn word_of(bytes: &[u8]) -> u64 {
+    let mut word = 0;
+    let mut i = bytes.len();
+    while i > 0 {
+        i -= 1;
+        word = word << 8 | bytes[i] as u64;
+    }
+    word
+}
+
 /// The end of the ASCII QName starting at `at` (one optional colon between two non-empty names), or `None`
 /// if there is none there.
 #[inline(always)]
@@ -1097,13 +1159,19 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
     let mut as_written = true;
     // Whether no element so far has a prefix or an attribute that may declare a namespace (spans only).
     let mut one_namespace = true;
+    // The current start tag's attribute names, and the end of each value (which starts two bytes after the
+    // name's end) for the head spans: without them, the compiler drops that array.
+    let mut keys = [Key::default(); INLINE_ATTRIBUTES];
+    let mut value_ends = [0usize; INLINE_ATTRIBUTES];
     let mut i = 0;
     loop {
         // At a `<`.
         if w.get(i + 1) == Some(&b'/') {
-            let end = plain_qname(w, i + 2)?;
+            // The end tag must name the innermost open element, whose name was read as a QName, with the `>`
+            // right after it (no name continues into a `>`): comparing bytes is enough.
             let (start, name_end) = open[depth.checked_sub(1)?];
-            if w.get(end) != Some(&b'>') || !same(&w[i + 2..end], &w[start..name_end]) {
+            let end = i + 2 + (name_end - start);
+            if w.get(end) != Some(&b'>') || !same(w.get(i + 2..end)?, &w[start..name_end]) {
                 return None;
             }
             depth -= 1;
@@ -1118,11 +1186,7 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
             if depth + 1 > limits.max_depth || depth == FAST_DEPTH {
                 return None;
             }
-            // Attributes: at least one space, name='value' or name="value", no duplicates. The range of each
-            // name, and the end of each value (which starts two bytes after the name's end) for the head spans:
-            // without them, the compiler drops that array.
-            let mut keys = [(0usize, 0usize); INLINE_ATTRIBUTES];
-            let mut value_ends = [0usize; INLINE_ATTRIBUTES];
+            // Attributes: at least one space, name='value' or name="value", no duplicates.
             let mut count = 0;
             let mut j = name_end;
             let empty = loop {
@@ -1147,13 +1211,13 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
                 {
                     return None;
                 }
-                let key = &w[j..key_end];
-                one_namespace &= !(SPANS && matches!(key, [b'x', b'm', b'l', b'n', b's', ..]));
-                if keys[..count].iter().any(|&(s, e)| same(&w[s..e], key)) {
+                let key = Key::read(w, j, key_end);
+                one_namespace &= !(SPANS && key.starts_xmlns());
+                if keys[..count].iter().any(|other| other.same(&key, w)) {
                     return None;
                 }
                 let value_end = plain_value(w, key_end + 2, quote, &mut seen, &mut as_written)?;
-                keys[count] = (j, key_end);
+                keys[count] = key;
                 value_ends[count] = value_end;
                 count += 1;
                 j = value_end + 1;
@@ -1163,7 +1227,7 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
                 head_end = i;
                 // A prefixed element is in a namespace the header may have bound to anything.
                 if SPANS && as_written && !prefixed && i <= usize::from(u16::MAX) {
-                    spans = head_spans(w, name_end, &keys[..count], &value_ends);
+                    spans = head_spans(name_end, &keys[..count], &value_ends);
                 }
             }
             if !empty {
@@ -1193,17 +1257,11 @@ fn plain_element<const SPANS: bool>(w: &[u8], stream: &[u8], limits: Limits) -> 
     }
 }
 
-/// [`HeadSpans`] for the top-level start tag at the front of `w`, whose unprefixed name ends at `name_end`,
-/// which ends before `u16::MAX`, and whose attributes (the range of each name, and the end of each value) all
-/// have values as written; `None` if a namespace declaration makes `PlainHead` leave the tag to the namespace
-/// reader.
+/// [`HeadSpans`] for a top-level start tag whose unprefixed name ends at `name_end`, which ends before
+/// `u16::MAX`, and whose attributes (each name, and the end of each value) all have values as written; `None`
+/// if a namespace declaration makes `PlainHead` leave the tag to the namespace reader.
 #[inline(always)]
-fn head_spans(
-    w: &[u8],
-    name_end: usize,
-    keys: &[(usize, usize)],
-    value_ends: &[usize],
-) -> Option<HeadSpans> {
+fn head_spans(name_end: usize, keys: &[Key], value_ends: &[usize]) -> Option<HeadSpans> {
     // Every offset lies within the tag, which the caller has checked fits in u16.
     let short = |at: usize| at as u16;
     let mut spans = HeadSpans {
@@ -1212,20 +1270,21 @@ fn head_spans(
         // Set by the caller once the whole stanza is read.
         one_namespace: false,
     };
-    for (&(key_start, key_end), &value_end) in keys.iter().zip(value_ends) {
-        // Slice patterns, which compile to a length check and byte compares rather than calls to `memcmp`.
-        let slot = match &w[key_start..key_end] {
-            [b't', b'y', b'p', b'e'] => 0,
-            [b'i', b'd'] => 1,
-            [b'f', b'r', b'o', b'm'] => 2,
-            [b't', b'o'] => 3,
+    const TYPE: u64 = word_of(b"type");
+    const ID: u64 = word_of(b"id");
+    const FROM: u64 = word_of(b"from");
+    const TO: u64 = word_of(b"to");
+    for (key, &value_end) in keys.iter().zip(value_ends) {
+        let slot = match (key.len(), key.word) {
+            (4, TYPE) => 0,
+            (2, ID) => 1,
+            (4, FROM) => 2,
+            (2, TO) => 3,
             // A namespace declaration puts the element or its attributes in another namespace.
-            [b'x', b'm', b'l', b'n', b's'] | [b'x', b'm', b'l', b'n', b's', b':', ..] => {
-                return None
-            }
+            _ if key.declares() => return None,
             _ => continue,
         };
-        spans.values[slot] = (short(key_end + 2), short(value_end));
+        spans.values[slot] = (short(key.end + 2), short(value_end));
     }
     Some(spans)
 }
@@ -2123,7 +2182,6 @@ mod tests {
             "<message><body>a > b ]]> c</body><a><b><c/></b></a></message>",
             "<message id='a&#x41;b'><body>&#65;</body></message>",
             "<message><![CDATA[x<y]]></message>",
-            "<message a='1' a='2'/>",
             "<r xmlns='urn:xmpp:sm:3'/>",
             "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></stream:features>",
             "<message a = '1'/>",
@@ -2136,16 +2194,28 @@ mod tests {
             "<message to='b@b.example'><body>xmlns</body><x:y/></message>",
             "<message type='chat' id='n'><active xmlns='http://jabber.org/protocol/chatstates'/></message>",
             "<presence to='b@b.example'><c xmlnsx='1' x:a='2'><show>away</show></c></presence>",
+            // Names that share their first eight bytes, or are eight long.
+            "<message attribute_a='1' attribute_b='2' attribute='3' attribut='4' attribu='5'/>",
+            "<message><longname1/><longname12></longname12><longname>x</longname></message>",
+        ];
+        // Each an error of its own, so kept out of the whole stream.
+        let malformed = [
+            "<message a='1' a='2'/>",
+            "<message attribute_a='1' attribute_b='2' attribute_a='3'/>",
+            "<message attribut='1' attribute='2' attribut='3'/>",
+            "<message></messag>",
+            "<message></messages>",
+            "<message><longname12></longname13></message>",
         ];
         let mut base = HEADER.to_owned();
-        for stanza in stanzas.iter().filter(|s| !s.contains("a='2'")) {
+        for stanza in stanzas {
             base.push_str(stanza);
             base.push(' ');
         }
         let base = base.as_bytes();
         assert!(frame_both_ways(base, &[base.len()], true).is_ok());
-        // Each stanza on its own, and the whole stream (the duplicate attribute is an error of its own).
-        for stanza in stanzas {
+        // Each stanza on its own, and the whole stream.
+        for stanza in stanzas.iter().chain(&malformed) {
             let input = format!("{HEADER}{stanza}");
             let fast = frame_both_ways(input.as_bytes(), &[input.len()], true);
             let slow = frame_both_ways(input.as_bytes(), &[input.len()], false);
