@@ -318,7 +318,7 @@ fn start_tap(config: &ProxyConfig) -> Result<(Tap, Option<std::thread::JoinHandl
             let out: Box<dyn std::io::Write + Send> = if stdout {
                 Box::new(std::io::stdout())
             } else {
-                Box::new(open_append(path)?)
+                Box::new(tap::file::TapFile::new(open_append(path)?))
             };
             sinks.push(Box::new(tap::jsonl::JsonlSink::new(
                 out,
@@ -369,7 +369,7 @@ fn capture_out(
         std::fs::File::create(path)
     };
     match file {
-        Ok(file) => Ok((Box::new(file), name)),
+        Ok(file) => Ok((Box::new(tap::file::TapFile::new(file)), name)),
         Err(source) => Err(RunError::Capture { path: name, source }),
     }
 }

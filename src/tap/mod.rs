@@ -3,8 +3,8 @@
 //! Sessions describe what they see as [`Event`]s and hand them to a [`Tap`], which pushes them into a bounded
 //! channel without waiting. One writer thread drains the channel and hands every event to each [`Sink`]
 //! ([`jsonl`] for the JSON Lines transcript; [`pcap`] and [`pcapng`] for captures, whose TCP/IP framing is
-//! [`tcp`]). This module owns the event vocabulary,
-//! the overflow policy and the writer; it does not know about sockets, TLS or framing.
+//! [`tcp`]; a sink that writes to a file writes through a [`file::TapFile`]). This module owns the event
+//! vocabulary, the overflow policy and the writer; it does not know about sockets, TLS or framing.
 //!
 //! Before the sinks, the writer runs every event through [`stage`]: secrets are masked with the same length
 //! ([`redact`]) and records are linked to each other ([`correlate`]: domain pair, dialback verification, iq
@@ -12,6 +12,7 @@
 
 pub mod correlate;
 pub mod event;
+pub mod file;
 pub mod jsonl;
 pub mod keylog;
 pub mod pcap;
