@@ -55,9 +55,9 @@ const CLOSE: &str = "</stream:stream>";
 const MAX_STANZA: u64 = 262_144;
 
 /// The most xmpptap reads from a side before it refuses an element over [`MAX_STANZA`]: the unfinished
-/// element and one read into the same buffer, which grows (doubling) only when less than 8 KiB is free; plus
-/// 1 KiB for the stream header read before.
-const MAX_READ_BEFORE_REFUSAL: u64 = 2 * (MAX_STANZA + 8 * 1024) + 1024;
+/// element and one read (64 KiB at most) into the same buffer, which grows (doubling) only when less than a
+/// read's room is free; plus 1 KiB for the stream header read before.
+const MAX_READ_BEFORE_REFUSAL: u64 = 2 * (MAX_STANZA + 64 * 1024) + 1024;
 
 /// The longest round trip the healthy pair may see while an attack runs. Loopback round trips take well under
 /// a millisecond; this leaves room for a loaded 2-core CI machine running tests in parallel.

@@ -1082,7 +1082,8 @@ impl Session<'_> {
             side: Side::Receiver,
             reason,
         };
-        let Transport::Plain(tcp) = rec.io else {
+        let (io, rec) = rec.into_io();
+        let Transport::Plain(tcp) = io else {
             return Err(tls_error(String::from("the upstream leg already uses TLS")));
         };
         let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
@@ -1132,15 +1133,9 @@ impl Session<'_> {
             side: Side::Receiver,
             info,
         });
-        let mut framer = rec.framer;
-        framer.reset();
-        Ok(Leg {
-            side: rec.side,
-            io: Transport::Client(Box::new(tls)),
-            buf: rec.buf,
-            framer,
-            bytes_read: rec.bytes_read,
-        })
+        let mut rec = rec.with_io(Transport::Client(Box::new(tls)));
+        rec.framer.reset();
+        Ok(rec)
     }
 
     /// The features the initiator is offered: the receiver's `bytes` minus what interception would break.
@@ -1168,7 +1163,8 @@ impl Session<'_> {
             side: Side::Initiator,
             reason,
         };
-        let Transport::Plain(tcp) = ini.io else {
+        let (io, ini) = ini.into_io();
+        let Transport::Plain(tcp) = io else {
             return Err(tls_error(String::from(
                 "the initiator leg already uses TLS",
             )));
@@ -1191,13 +1187,7 @@ impl Session<'_> {
             side: Side::Initiator,
             info,
         });
-        Ok(Leg {
-            side: ini.side,
-            io: Transport::Server(Box::new(tls)),
-            buf: ini.buf,
-            framer: ini.framer,
-            bytes_read: ini.bytes_read,
-        })
+        Ok(ini.with_io(Transport::Server(Box::new(tls))))
     }
 
     /// TLS with the initiator, xmpptap as server, presenting a certificate minted for `domain`.
@@ -1210,7 +1200,8 @@ impl Session<'_> {
             side: Side::Initiator,
             reason,
         };
-        let Transport::Plain(tcp) = ini.io else {
+        let (io, ini) = ini.into_io();
+        let Transport::Plain(tcp) = io else {
             return Err(tls_error(String::from(
                 "the initiator leg already uses TLS",
             )));
@@ -1234,15 +1225,9 @@ impl Session<'_> {
             side: Side::Initiator,
             info,
         });
-        let mut framer = ini.framer;
-        framer.reset();
-        Ok(Leg {
-            side: ini.side,
-            io: Transport::Server(Box::new(tls)),
-            buf: ini.buf,
-            framer,
-            bytes_read: ini.bytes_read,
-        })
+        let mut ini = ini.with_io(Transport::Server(Box::new(tls)));
+        ini.framer.reset();
+        Ok(ini)
     }
 
     /// Writes `bytes` to a leg, flushing TLS records, and records them for captures.

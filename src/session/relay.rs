@@ -8,8 +8,8 @@
 //! A direction reads from its sender only while it is not writing: while the other peer is not taking what
 //! was read, xmpptap reads nothing more from the sender, whose own writes then block once the TCP buffers in
 //! between are full. What xmpptap holds per direction is therefore at most one unfinished frame (no more than
-//! `--max-stanza-size`, or the framer refuses it) plus one read into the same buffer, which grows only when
-//! less than a read chunk is free: under 2 x (`--max-stanza-size` + 8 KiB) in all.
+//! `--max-stanza-size`, or the framer refuses it) plus one read (64 KiB at most) into the same buffer, which
+//! grows only when less than a read's room is free: under 2 x (`--max-stanza-size` + 64 KiB) in all.
 //!
 //! With `--idle-timeout`, the connection ends when no frame has been relayed in either direction for that
 //! long (whitespace keepalives are frames). Bytes of an unfinished element do not count as activity, so that a
@@ -177,22 +177,12 @@ pub async fn relay(
         senders: [up_sender, down_sender],
         ping,
     } = steering;
-    let (ini_r, mut ini_w) = tokio::io::split(ini.io);
-    let (rec_r, mut rec_w) = tokio::io::split(rec.io);
-    let mut ini = Leg {
-        side: ini.side,
-        io: ini_r,
-        buf: ini.buf,
-        framer: ini.framer,
-        bytes_read: ini.bytes_read,
-    };
-    let mut rec = Leg {
-        side: rec.side,
-        io: rec_r,
-        buf: rec.buf,
-        framer: rec.framer,
-        bytes_read: rec.bytes_read,
-    };
+    let (ini_io, ini) = ini.into_io();
+    let (rec_io, rec) = rec.into_io();
+    let (ini_r, mut ini_w) = tokio::io::split(ini_io);
+    let (rec_r, mut rec_w) = tokio::io::split(rec_io);
+    let mut ini = ini.with_io(ini_r);
+    let mut rec = rec.with_io(rec_r);
 
     // What happened first, found while both directions run; acted upon once they no longer borrow the halves.
     let activity = Activity::new();
