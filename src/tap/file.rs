@@ -5,8 +5,8 @@
 //! and holds it dirty for up to half a minute. A [`TapFile`] has a helper thread ask the kernel
 //! (`posix_fadvise(DONTNEED)`) to start writing each new stretch out at once and to drop from the cache
 //! whatever of the last few stretches is already on disk. Pages still dirty (a disk slower than the tap)
-//! stay cached as before: the advice never waits for the disk, and the tap's own writes never wait for the
-//! helper. Dropping clean pages loses nothing.
+//! stay cached as before. Only the helper ever waits for the disk (to take what it starts writing out); the
+//! tap's own writes never wait for the helper. Dropping clean pages loses nothing.
 //!
 //! Besides the cache it leaves to others, this saves CPU where new pages are dear: on a VM that returns
 //! freed memory to its host, each page the cache takes anew is first faulted in by the host, while pages
