@@ -753,6 +753,26 @@ async fn slowloris_header(t: &Target<'_>, header_timeout: Duration) {
     }
 }
 
+/// A lone first byte of a TLS record, then the end of the initiator's stream: answered at once with
+/// `<bad-format/>`, not after `--header-timeout` (a peeked byte hides the end of the stream behind it).
+async fn lone_tls_byte_then_close(t: &Target<'_>, header_timeout: Duration) {
+    let started = Instant::now();
+    let (ini, conn) = connect(t).await;
+    let (mut r, mut w) = ini.into_io().into_split();
+    w.write_all(&[0x16]).await.expect("write");
+    w.shutdown().await.expect("shutdown");
+    let got = read_all(&mut r, header_timeout + fake::WAIT).await;
+    let waited = started.elapsed();
+    eprintln!("a lone 0x16, then the end of the stream: answered after {waited:?}");
+    assert_own_header_then_error(&got, "bad-format");
+    assert!(
+        waited < header_timeout / 2,
+        "answered after {waited:?}, as if waiting for --header-timeout {header_timeout:?}"
+    );
+    let events = finished(t.tap, conn).await;
+    assert_blamed(&events, "initiator", "bad-format");
+}
+
 /// A stanza one byte every 50 ms after negotiation: nothing complete arrives, so `--idle-timeout` ends the
 /// connection, blaming the attacker; the receiver gets a clean close.
 async fn slowloris_stanza(t: &Target<'_>, idle_timeout: Duration) {
@@ -1199,6 +1219,7 @@ async fn stanza_that_never_ends_gets_policy_violation_at_the_limit() {
 async fn slowloris_header_gets_connection_timeout_after_the_header_timeout() {
     let b = bench(4, &["--header-timeout=1"]).await;
     slowloris_header(&b.target(), Duration::from_secs(1)).await;
+    lone_tls_byte_then_close(&b.target(), Duration::from_secs(1)).await;
     b.done().await;
 }
 

@@ -59,7 +59,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use steer::Shared as SteerShared;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use transport::{RawRecorder, Tcp, Transport};
@@ -1488,6 +1488,16 @@ async fn sniff_client_hello(tcp: &TcpStream, timeout: Duration) -> bool {
             // One byte so far: peek returns at once until the second arrives, so wait a little. The timeout
             // above never fires for a ready peek: without this check, a lone 0x16 would hold the session forever.
             Ok(Ok(_)) if tokio::time::Instant::now() >= deadline => return false,
+            // Nor does peek ever see the end of a stream behind a byte not yet read; the read side's readiness
+            // does (EPOLLRDHUP): a peer that sent its one byte and closed gets its answer now.
+            Ok(Ok(_))
+                if tcp
+                    .ready(Interest::READABLE)
+                    .await
+                    .is_ok_and(|r| r.is_read_closed()) =>
+            {
+                return false
+            }
             Ok(Ok(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
