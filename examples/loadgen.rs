@@ -1379,6 +1379,7 @@ impl Bench {
         };
 
         // Fixed rate.
+        let mut echoed_in_all = echoed;
         let mut conns = conns_back;
         if args.rate_duration > 0.0 {
             let count = ((args.rate * args.rate_duration) / args.streams as f64).ceil() as u64;
@@ -1395,6 +1396,7 @@ impl Bench {
             conns = back;
             let elapsed = start.elapsed().as_secs_f64().max(1e-9);
             measured.rate_cpu_pct = cpu0.zip(cpu1).map(|(a, b)| (b - a) / elapsed * 100.0);
+            echoed_in_all += rated.iter().map(|r| r.echoed).sum::<u64>();
             let mut rtts: Vec<u64> = rated.into_iter().flat_map(|r| r.rtts).collect();
             rtts.sort_unstable();
             let pct = |p: f64| {
@@ -1418,7 +1420,8 @@ impl Bench {
             middle.stop();
         }
         if let Some(log) = log {
-            measured.note = transcript_note(&log)?;
+            // Each echo is a request and a reply, both relayed by the middle process.
+            measured.note = transcript_note(&log, 2 * echoed_in_all)?;
             if !args.keep {
                 let _ = std::fs::remove_file(&log);
             }
@@ -1512,8 +1515,9 @@ impl Bench {
     }
 }
 
-/// Counts the records of a JSON Lines transcript and the events it says were dropped.
-fn transcript_note(path: &Path) -> anyhow::Result<String> {
+/// Counts the records of a JSON Lines transcript, its stanza records against the `relayed` stanzas they
+/// should record, and the events it says were dropped (each one a read's run of stanzas, or one other event).
+fn transcript_note(path: &Path, relayed: u64) -> anyhow::Result<String> {
     use std::io::BufRead as _;
     let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let bytes = file.metadata()?.len();
@@ -1534,7 +1538,8 @@ fn transcript_note(path: &Path) -> anyhow::Result<String> {
         }
     }
     Ok(format!(
-        "[transcript: {records} records, {stanzas} stanza events, {:.0} MB, {dropped} events dropped]",
+        "[transcript: {records} records, {stanzas} stanza records of {relayed} stanzas relayed, {:.0} MB, \
+         {dropped} events dropped]",
         bytes as f64 / 1e6
     ))
 }
