@@ -27,7 +27,11 @@ use std::time::{Duration, Instant};
 use support::client::{Client, Delivery};
 use support::fake::{self, Peer, Receiver};
 use support::federation::{Federation, Options};
-use support::xmpptap::{finished, named, one, Xmpptap};
+use support::wire::{
+    answer, assert_own_header_then_error, assert_stream_error, header, CLOSE, DECL, FEATURES_PLAIN,
+    FEATURES_TLS, PROCEED, STARTTLS, STREAM_NS,
+};
+use support::xmpptap::{assert_blamed, closed, finished, named, one, Xmpptap};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -39,17 +43,6 @@ type Tcp = Peer<TcpStream>;
 
 /// The domain attacks are routed to in the fake-peer tests.
 const TARGET: &str = "b.test";
-
-const DECL: &str = "<?xml version='1.0'?>";
-const STREAM_NS: &str = "xmlns:stream='http://etherx.jabber.org/streams'";
-const STARTTLS: &str = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-const PROCEED: &str = "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-const FEATURES_TLS: &str =
-    "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/>\
-    </starttls><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
-const FEATURES_PLAIN: &str =
-    "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
-const CLOSE: &str = "</stream:stream>";
 
 /// xmpptap's default `--max-stanza-size`.
 const MAX_STANZA: u64 = 262_144;
@@ -80,22 +73,6 @@ const PEAK_SLACK_KIB: u64 = 4 * 1024;
 
 fn ip(test: u8, host: u8) -> IpAddr {
     support::addr(FILE_ID, test, host).into()
-}
-
-/// An S2S stream header from `from` to `to`.
-fn header(from: &str, to: &str) -> String {
-    format!(
-        "{DECL}<stream:stream xmlns='jabber:server' {STREAM_NS} xmlns:db='jabber:server:dialback' \
-         from='{from}' to='{to}' version='1.0'>"
-    )
-}
-
-/// The receiving server's answer: its header from `from` to `to` with stream id `id`.
-fn answer(from: &str, to: &str, id: &str) -> String {
-    format!(
-        "{DECL}<stream:stream xmlns='jabber:server' {STREAM_NS} xmlns:db='jabber:server:dialback' \
-         id='{id}' from='{from}' to='{to}' version='1.0'>"
-    )
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -455,39 +432,6 @@ async fn read_all<R: AsyncRead + Unpin>(r: &mut R, limit: Duration) -> String {
         }
     }
     String::from_utf8_lossy(&got).into_owned()
-}
-
-fn closed(events: &[Value]) -> &Value {
-    one(events, "closed", |_| true)
-}
-
-/// `protocol_error` blaming `side` with `condition`, xmpptap's `stream_error` toward it, `closed` by it.
-fn assert_blamed(events: &[Value], side: &str, condition: &str) {
-    one(events, "protocol_error", |e| {
-        e["side"] == side && e["condition"] == condition
-    });
-    let toward = if side == "initiator" { "down" } else { "up" };
-    one(events, "stream_error", |e| {
-        e["origin"] == "xmpptap" && e["condition"] == condition && e["dir"] == toward
-    });
-    assert_eq!(closed(events)["by"], side, "{events:#?}");
-}
-
-/// `<stream:error>` with `condition`, then the end of the stream.
-fn assert_stream_error(got: &str, condition: &str) {
-    let element =
-        format!("<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>");
-    assert!(got.contains(&element), "expected {element} in {got:?}");
-    assert!(got.ends_with("</stream:error></stream:stream>"), "{got:?}");
-}
-
-/// xmpptap answered on a stream it opened itself (RFC 6120 4.9.1.2).
-fn assert_own_header_then_error(got: &str, condition: &str) {
-    assert!(
-        got.starts_with("<?xml version='1.0'?><stream:stream"),
-        "expected xmpptap's own stream header first: {got:?}"
-    );
-    assert_stream_error(got, condition);
 }
 
 /// After a plaintext negotiation, `culprit` ("initiator" or "receiver") sends `bad`: it must get `condition`,

@@ -13,45 +13,23 @@ use serde_json::Value;
 use std::net::IpAddr;
 use std::sync::Arc;
 use support::fake::{self, Peer, Receiver};
+use support::wire::{
+    assert_stream_error, ini_header, rec_header, CLOSE, FEATURES_PLAIN, FEATURES_TLS, PROCEED,
+    STARTTLS, STREAM_NS,
+};
 use support::xmpptap::{finished, named, one, wait_transcript, Xmpptap};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 const FILE_ID: u8 = 70;
 
-const STREAM_NS: &str = "xmlns:stream='http://etherx.jabber.org/streams'";
-const STARTTLS: &str = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-const PROCEED: &str = "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-const FEATURES_TLS: &str =
-    "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/>\
-    </starttls><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
-const FEATURES_PLAIN: &str =
-    "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
 const C2S_FEATURES_TLS: &str =
     "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>\
     <required/></starttls></stream:features>";
 const DB_RESULT: &str = "<db:result from='a.test' to='b.test'>0123456789abcdef</db:result>";
 const DB_VALID: &str = "<db:result type='valid' from='b.test' to='a.test'/>";
-const CLOSE: &str = "</stream:stream>";
-
 const XMPP_CLIENT: &[u8] = b"xmpp-client";
 const XMPP_SERVER: &[u8] = b"xmpp-server";
-
-/// The S2S initiator's (a.test) stream header toward b.test.
-fn ini_header() -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' {STREAM_NS} \
-         xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>"
-    )
-}
-
-/// The S2S receiver's (b.test) stream header with stream id `id`.
-fn rec_header(id: &str) -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' {STREAM_NS} \
-         xmlns:db='jabber:server:dialback' id='{id}' from='b.test' to='a.test' version='1.0'>"
-    )
-}
 
 /// A client's stream header toward its server a.test.
 fn client_header() -> String {
@@ -175,14 +153,6 @@ fn why<'a>(rewrite: &'a Value, what: &str) -> &'a str {
         .and_then(|r| r.iter().find(|r| r["what"] == what))
         .and_then(|r| r["why"].as_str())
         .unwrap_or_else(|| panic!("no removal of {what:?} in {rewrite:#}"))
-}
-
-/// What the culprit must get: `<stream:error>` with `condition`, then the stream's end.
-fn assert_stream_error(got: &str, condition: &str) {
-    let element =
-        format!("<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>");
-    assert!(got.contains(&element), "expected {element} in {got:?}");
-    assert!(got.ends_with("</stream:error></stream:stream>"), "{got:?}");
 }
 
 /// The subject alternative names of a DER certificate, as `DNS:name`.

@@ -10,7 +10,11 @@ use serde_json::Value;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use support::fake::{self, Peer, Receiver};
-use support::xmpptap::{finished, named, one, wait_transcript, Xmpptap};
+use support::wire::{
+    assert_own_header_then_error, assert_stream_error, ini_header, rec_header, CLOSE,
+    FEATURES_PLAIN, FEATURES_TLS, PROCEED, STARTTLS, STREAM_NS,
+};
+use support::xmpptap::{assert_blamed, closed, finished, named, one, wait_transcript, Xmpptap};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -18,32 +22,6 @@ const FILE_ID: u8 = 30;
 
 /// A fake peer on plain TCP.
 type Tcp = Peer<TcpStream>;
-
-const STREAM_NS: &str = "xmlns:stream='http://etherx.jabber.org/streams'";
-const STARTTLS: &str = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-const PROCEED: &str = "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-const FEATURES_TLS: &str =
-    "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/>\
-    </starttls><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
-const FEATURES_PLAIN: &str =
-    "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
-const CLOSE: &str = "</stream:stream>";
-
-/// The initiator's (a.test) stream header toward b.test.
-fn ini_header() -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' {STREAM_NS} \
-         xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>"
-    )
-}
-
-/// The receiver's (b.test) stream header with stream id `id`.
-fn rec_header(id: &str) -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' {STREAM_NS} \
-         xmlns:db='jabber:server:dialback' id='{id}' from='b.test' to='a.test' version='1.0'>"
-    )
-}
 
 fn ip(test: u8, host: u8) -> IpAddr {
     support::addr(FILE_ID, test, host).into()
@@ -87,41 +65,6 @@ async fn open_plain(tap: &Xmpptap, receiver: &Receiver) -> (Tcp, Tcp) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Transcript helpers
-
-fn closed(events: &[Value]) -> &Value {
-    one(events, "closed", |_| true)
-}
-
-/// Checks the usual record of an error xmpptap answered: `protocol_error` blaming `side` with `condition`,
-/// xmpptap's own `stream_error` with that condition toward `side`, and `closed` by `side`.
-fn assert_blamed(events: &[Value], side: &str, condition: &str) {
-    one(events, "protocol_error", |e| {
-        e["side"] == side && e["condition"] == condition
-    });
-    let toward = if side == "initiator" { "down" } else { "up" };
-    one(events, "stream_error", |e| {
-        e["origin"] == "xmpptap" && e["condition"] == condition && e["dir"] == toward
-    });
-    assert_eq!(closed(events)["by"], side, "{events:#?}");
-}
-
-/// What the culprit must get: `<stream:error>` with `condition`, then the stream's end.
-fn assert_stream_error(got: &str, condition: &str) {
-    let element =
-        format!("<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>");
-    assert!(got.contains(&element), "expected {element} in {got:?}");
-    assert!(got.ends_with("</stream:error></stream:stream>"), "{got:?}");
-}
-
-/// Xmpptap answered on a stream it opened itself (RFC 6120 4.9.1.2): its own header comes first.
-fn assert_own_header_then_error(got: &str, condition: &str) {
-    assert!(
-        got.starts_with("<?xml version='1.0'?><stream:stream"),
-        "expected xmpptap's own stream header first: {got:?}"
-    );
-    assert!(got.contains(STREAM_NS), "{got:?}");
-    assert_stream_error(got, condition);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // 1. Byte-exact passthrough

@@ -17,6 +17,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use support::fake::{Peer, Receiver, WAIT};
+use support::wire::{
+    ini_header, rec_header, CLOSE, FEATURES_PLAIN, FEATURES_TLS, PROCEED, STARTTLS, STREAM_NS,
+};
 use support::xmpptap::{finished, named, one, wait_transcript, Xmpptap};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -26,35 +29,10 @@ const FILE_ID: u8 = 140;
 /// A fake peer on plain TCP.
 type Tcp = Peer<TcpStream>;
 
-const STREAM_NS: &str = "xmlns:stream='http://etherx.jabber.org/streams'";
-const STARTTLS: &str = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-const PROCEED: &str = "<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
-const FEATURES_TLS: &str =
-    "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/>\
-    </starttls><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
-const FEATURES_PLAIN: &str =
-    "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
-const CLOSE: &str = "</stream:stream>";
 const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 
 /// Slack for timing assertions on a loaded machine, added to upper bounds.
 const SLACK: Duration = Duration::from_secs(4);
-
-/// The initiator's (a.test) stream header toward b.test.
-fn ini_header() -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' {STREAM_NS} \
-         xmlns:db='jabber:server:dialback' from='a.test' to='b.test' version='1.0'>"
-    )
-}
-
-/// The receiver's (b.test) stream header with stream id `id`.
-fn rec_header(id: &str) -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' {STREAM_NS} \
-         xmlns:db='jabber:server:dialback' id='{id}' from='b.test' to='a.test' version='1.0'>"
-    )
-}
 
 /// A message from a.test to b.test (travels up).
 fn up_message(id: &str, body: &str) -> String {

@@ -10,6 +10,7 @@
 //! - `xmpptap`: runs the real `xmpptap` binary and reads its transcript.
 //! - `federation`: a.test and b.test, two real Prosody servers federating through xmpptap.
 //! - `fake`: fake XMPP peers speaking literal bytes (plain and TLS), for the proxy's edge cases.
+//! - `wire`: the literal stream-level elements and S2S headers they send, and checks of stream errors.
 //! - `scratch`: a test's scratch directory, and a test CA for the certificates of the servers it
 //!   starts.
 //!
@@ -51,6 +52,7 @@ pub mod federation;
 pub mod prosody;
 pub mod pyclient;
 pub mod scratch;
+pub mod wire;
 pub mod xmpptap;
 
 use std::net::{IpAddr, Ipv4Addr};

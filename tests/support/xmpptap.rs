@@ -265,3 +265,21 @@ pub fn one<'a>(
         .find(|e| e["event"] == name && pred(e))
         .unwrap_or_else(|| panic!("no matching {name} event in {events:#?}"))
 }
+
+/// The `closed` record of a connection's transcript.
+pub fn closed(events: &[serde_json::Value]) -> &serde_json::Value {
+    one(events, "closed", |_| true)
+}
+
+/// The usual record of an error xmpptap answered: `protocol_error` blaming `side` with `condition`,
+/// xmpptap's own `stream_error` with that condition toward `side`, and `closed` by `side`.
+pub fn assert_blamed(events: &[serde_json::Value], side: &str, condition: &str) {
+    one(events, "protocol_error", |e| {
+        e["side"] == side && e["condition"] == condition
+    });
+    let toward = if side == "initiator" { "down" } else { "up" };
+    one(events, "stream_error", |e| {
+        e["origin"] == "xmpptap" && e["condition"] == condition && e["dir"] == toward
+    });
+    assert_eq!(closed(events)["by"], side, "{events:#?}");
+}
