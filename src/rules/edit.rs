@@ -13,12 +13,12 @@ use std::ops::Range;
 
 use quick_xml::escape::{escape, partial_escape, resolve_predefined_entity, unescape};
 use quick_xml::events::{BytesRef, Event};
-use quick_xml::name::{Namespace, PrefixDeclaration, ResolveResult};
+use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 use regex::Regex;
 
 use super::spec::RewriteSpec;
-use crate::xml::element::{Dialback, ElementError, ElementHead, StreamHeader};
+use crate::xml::element::{ns_reader_in, Dialback, ElementError, ElementHead, StreamHeader};
 
 /// Why an element could not be edited.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +65,7 @@ pub fn rewrite(
     };
     let text = std::str::from_utf8(bytes).map_err(|_| EditError::NotUtf8)?;
 
-    let mut reader = ns_reader(bytes, stream.default_ns.as_deref(), &stream.namespaces)?;
+    let mut reader = ns_reader_in(bytes, stream.default_ns.as_deref(), &stream.namespaces)?;
     let mut splices = Vec::new();
     // Open elements: 1 inside the top-level element, 2 inside one of its children.
     let mut depth = 0usize;
@@ -264,7 +264,7 @@ pub(super) fn has_child(
     default_ns: Option<&str>,
     name: &ElementName,
 ) -> Result<bool, ElementError> {
-    let mut reader = ns_reader(bytes, default_ns, &[])?;
+    let mut reader = ns_reader_in(bytes, default_ns, &[])?;
     let mut depth = 0usize;
     loop {
         let (ns, event) = reader.read_resolved_event()?;
@@ -370,23 +370,6 @@ pub(super) fn check_one_element(xml: &str) -> Result<(), String> {
             _ => {}
         }
     }
-}
-
-/// A namespace-aware reader over `bytes` with `default_ns` and the `(prefix, uri)` bindings in scope.
-fn ns_reader<'a>(
-    bytes: &'a [u8],
-    default_ns: Option<&str>,
-    namespaces: &[(String, String)],
-) -> Result<NsReader<&'a [u8]>, ElementError> {
-    let mut reader = NsReader::from_reader(bytes);
-    let resolver = reader.resolver_mut();
-    if let Some(ns) = default_ns {
-        resolver.add(PrefixDeclaration::Default, Namespace(ns))?;
-    }
-    for (prefix, uri) in namespaces {
-        resolver.add(PrefixDeclaration::Named(prefix), Namespace(uri))?;
-    }
-    Ok(reader)
 }
 
 /// The namespace an element is bound to, if any.

@@ -913,15 +913,25 @@ pub(super) fn ns_reader<'a>(
     bytes: &'a [u8],
     stream: Option<&StreamHeader>,
 ) -> Result<NsReader<&'a [u8]>, ElementError> {
+    match stream {
+        Some(stream) => ns_reader_in(bytes, stream.default_ns.as_deref(), &stream.namespaces),
+        None => ns_reader_in(bytes, None, &[]),
+    }
+}
+
+/// A namespace-aware reader over `bytes` with `default_ns` and the `(prefix, uri)` bindings in scope.
+pub(crate) fn ns_reader_in<'a>(
+    bytes: &'a [u8],
+    default_ns: Option<&str>,
+    namespaces: &[(String, String)],
+) -> Result<NsReader<&'a [u8]>, ElementError> {
     let mut reader = NsReader::from_reader(bytes);
-    if let Some(stream) = stream {
-        let resolver = reader.resolver_mut();
-        if let Some(ns) = &stream.default_ns {
-            resolver.add(PrefixDeclaration::Default, Namespace(ns))?;
-        }
-        for (prefix, uri) in &stream.namespaces {
-            resolver.add(PrefixDeclaration::Named(prefix), Namespace(uri))?;
-        }
+    let resolver = reader.resolver_mut();
+    if let Some(ns) = default_ns {
+        resolver.add(PrefixDeclaration::Default, Namespace(ns))?;
+    }
+    for (prefix, uri) in namespaces {
+        resolver.add(PrefixDeclaration::Named(prefix), Namespace(uri))?;
     }
     Ok(reader)
 }
