@@ -2,11 +2,11 @@
 
 use crate::side::Side;
 use crate::xml::framer::{Frame, Framer, Limits};
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::Poll;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::io::poll_read_buf;
 
 use super::SessionError;
 
@@ -108,48 +108,41 @@ impl<IO: AsyncRead + Unpin> Leg<IO> {
     /// stream in the middle of a frame is [`SessionError::Truncated`]. Cancel-safe (a single read, whose bytes
     /// are in `buf` when it returns).
     ///
-    /// Between frames (`buf` empty, the usual state of an idle connection) the read goes to a scratch buffer on
-    /// the stack of the poll and what arrived is copied into `buf`; when nothing has arrived, `buf` lets go of
-    /// its allocation before the leg waits. An idle connection then holds no read buffer, for one copy of each
-    /// read on a busy one. A read into a non-empty `buf` (part of an element waiting: the usual state of a busy
-    /// stream) goes straight into it, with room that grows while reads fill it (see [`MAX_READ`]).
+    /// A read gets `room` bytes, which grow while reads fill them (see [`MAX_READ`]). Between frames (`buf`
+    /// empty, the usual state of an idle connection) with the smallest room, the read goes to a scratch buffer
+    /// on the stack of the poll and what arrived is copied into `buf`; otherwise it goes straight into `buf`.
+    /// Either way, when nothing has arrived between frames, `buf` lets go of its allocation before the leg
+    /// waits: an idle connection holds no read buffer, whatever room its last busy spell left.
     pub async fn fill(&mut self) -> Result<usize, SessionError> {
-        let read = if self.buf.is_empty() {
-            let (io, buf) = (&mut self.io, &mut self.buf);
-            std::future::poll_fn(|cx| {
+        let (io, buf, room) = (&mut self.io, &mut self.buf, self.room);
+        let between_frames = buf.is_empty();
+        let read = std::future::poll_fn(|cx| {
+            let polled = if between_frames && room == READ_CHUNK {
                 let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
                 let mut read = ReadBuf::uninit(&mut scratch);
-                match Pin::new(&mut *io).poll_read(cx, &mut read) {
-                    Poll::Ready(Ok(())) => {
-                        buf.extend_from_slice(read.filled());
-                        Poll::Ready(Ok(read.filled().len()))
-                    }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => {
-                        *buf = BytesMut::new();
-                        Poll::Pending
-                    }
-                }
-            })
-            .await
-        } else {
-            let room = self.room;
-            self.buf.reserve(room);
-            let read = (&mut self.io)
-                .take(room as u64)
-                .read_buf(&mut self.buf)
-                .await;
-            if let Ok(n) = read {
-                self.room = if n == room {
-                    (room * 2).min(MAX_READ)
-                } else if n < room / 2 {
-                    (room / 2).max(READ_CHUNK)
-                } else {
-                    room
-                };
+                Pin::new(&mut *io).poll_read(cx, &mut read).map_ok(|()| {
+                    buf.extend_from_slice(read.filled());
+                    read.filled().len()
+                })
+            } else {
+                buf.reserve(room);
+                poll_read_buf(Pin::new(&mut *io), cx, &mut (&mut *buf).limit(room))
+            };
+            if polled.is_pending() && between_frames {
+                *buf = BytesMut::new();
             }
-            read
-        };
+            polled
+        })
+        .await;
+        if let Ok(n) = read {
+            self.room = if n == room {
+                (room * 2).min(MAX_READ)
+            } else if n < room / 2 {
+                (room / 2).max(READ_CHUNK)
+            } else {
+                room
+            };
+        }
         let n = match read {
             Ok(n) => n,
             // TLS without close_notify: XMPP has its own close (`</stream:stream>`), and servers such
@@ -174,9 +167,11 @@ impl<IO: AsyncRead + Unpin> Leg<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
 
-    /// Reads into a non-empty buffer get room that doubles while they fill it, up to [`MAX_READ`], and halves
-    /// after one that fills less than half; the first read of an empty buffer takes [`READ_CHUNK`].
+    /// Reads get room that doubles while they fill it, up to [`MAX_READ`], and halves after one that fills
+    /// less than half; the first read, between frames, takes [`READ_CHUNK`] on the stack.
     #[tokio::test]
     async fn a_busy_stream_is_read_in_growing_chunks() {
         // Whitespace, so that the end of the input is a clean end of stream.
@@ -192,9 +187,31 @@ mod tests {
         }
         assert_eq!(leg.bytes_read, input.len() as u64);
         assert_eq!(leg.buf.len(), input.len());
-        // 8 + 8 + 16 + 32 + 64 + 64 + 64 + 64 KiB = 320 KiB, then the last 1000 bytes: under half the room.
-        assert_eq!(reads, [8, 8, 16, 32, 64, 64, 64, 64, 0]);
-        // Halved by the last 1000 bytes and again by the end of stream.
+        // 8 + 16 + 32 + 64 + 64 + 64 + 64 KiB = 312 KiB, then the last 9,192 bytes: under half the room.
+        assert_eq!(reads, [8, 16, 32, 64, 64, 64, 64, 8]);
+        // Halved by the last read and again by the end of stream.
         assert_eq!(leg.room, MAX_READ / 4);
+    }
+
+    /// Between frames, a stream that was busy is read straight into `buf` with its grown room, and once
+    /// nothing more arrives the leg waits without a read buffer.
+    #[tokio::test]
+    async fn a_stream_gone_quiet_holds_no_buffer() {
+        let (mut peer, io) = tokio::io::duplex(4 * MAX_READ);
+        let mut leg = Leg::new(Side::Initiator, io, Limits::default());
+        peer.write_all(&[b' '; 3 * READ_CHUNK])
+            .await
+            .expect("write");
+        assert_eq!(leg.fill().await.expect("fill"), READ_CHUNK);
+        assert_eq!(leg.room, 2 * READ_CHUNK);
+        // What was read is handed out as frames: the buffer is empty again, the room stays grown.
+        leg.buf.clear();
+        assert_eq!(leg.fill().await.expect("fill"), 2 * READ_CHUNK);
+        assert_eq!(leg.room, 4 * READ_CHUNK);
+        leg.buf.clear();
+        // Nothing more: the read waits, and lets go of the buffer it had made room in.
+        let waited = tokio::time::timeout(Duration::from_millis(20), leg.fill()).await;
+        assert!(waited.is_err(), "nothing to read");
+        assert_eq!(leg.buf.capacity(), 0);
     }
 }
