@@ -10,8 +10,8 @@ use tokio_util::io::poll_read_buf;
 
 use super::SessionError;
 
-/// How much room to make for a read between frames, on the stack, and for the first read that finds part of an
-/// element waiting: small enough to keep idle connections cheap.
+/// The least room a read gets, and the scratch buffer on the stack that a connection not busy lately reads
+/// into between frames: small enough to keep idle connections cheap.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// The most room a busy stream's reads get. Each read that fills its room doubles the next one's, up to this;
@@ -32,7 +32,7 @@ pub struct Leg<IO> {
     pub framer: Framer,
     /// Bytes read from this side so far.
     pub bytes_read: u64,
-    /// The room the next read into a non-empty `buf` gets, [`READ_CHUNK`] to [`MAX_READ`].
+    /// The room the next read gets, [`READ_CHUNK`] to [`MAX_READ`].
     room: usize,
 }
 
